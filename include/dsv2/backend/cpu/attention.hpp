@@ -1,0 +1,115 @@
+// Attention on the CPU, and the latent-cache row movement it needs.
+//
+// One primitive serves every attention in the library: queries of one
+// sequence at consecutive positions attend causally to that sequence's keys,
+// with H query heads sharing Hk key/value heads. The naive MLA path calls it
+// with Hk = H (decompressed K and V); the absorbed path with Hk = 1, the keys
+// being the cached latent rows [c | k_pe] and the values their first C
+// columns (a strided view, nothing copied) — MLA decode is MQA over the
+// latent cache.
+#pragma once
+
+#include "dsv2/backend/cpu/linear.hpp"
+
+#include <limits>
+
+namespace dsv2 {
+
+template <class A>
+void attention(Context<cpu>& ctx,
+               std::type_identity_t<View<const A, cpu, 3>> q,  // (n, H, Dk)
+               std::type_identity_t<View<const A, cpu, 3>> k,  // (S, Hk, Dk)
+               std::type_identity_t<View<const A, cpu, 3>> v,  // (S, Hk, Dv)
+               std::int64_t first_position,  // position of q[0]; q[i] sees keys 0..first_position+i
+               double scale,
+               View<A, cpu, 3> out)      // (n, H, Dv)
+{
+    using namespace cpu_detail;
+    const std::int64_t n = q.shape[0], heads = q.shape[1], dk = q.shape[2];
+    const std::int64_t s_len = k.shape[0], kv_heads = k.shape[1], dv = v.shape[2];
+    DSV2_CHECK(k.shape[2] == dk && v.shape[0] == s_len && v.shape[1] == kv_heads && kv_heads > 0 &&
+                   heads % kv_heads == 0 && out.shape[0] == n && out.shape[1] == heads &&
+                   out.shape[2] == dv,
+               ShapeError, "attention: q {}, k {}, v {}, out {}", shape_str(q.shape), shape_str(k.shape),
+               shape_str(v.shape), shape_str(out.shape));
+    DSV2_CHECK(first_position >= 0 && first_position + n <= s_len, ShapeError,
+               "attention: queries at positions {}..{} need {} keys, found {}", first_position,
+               first_position + n - 1, first_position + n, s_len);
+    DSV2_CHECK(q.stride[2] == 1 && k.stride[2] == 1 && v.stride[2] == 1 && out.stride[2] == 1, ShapeError,
+               "attention: head vectors must be contiguous");
+    const std::int64_t group = heads / kv_heads;
+    const std::int64_t tasks = n * kv_heads;
+    using Mat = RowMat<A>;
+    // With fewer tasks than threads (decode), let Eigen's GEMM use the threads.
+    const bool outer_parallel = tasks >= ctx.threads;
+#pragma omp parallel num_threads(ctx.threads) if (outer_parallel)
+    {
+        Mat scores;
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t task = 0; task < tasks; ++task) {
+            const std::int64_t i = task / kv_heads, g = task % kv_heads;
+            const std::int64_t visible = first_position + i + 1;
+            // Query heads g*group .. g*group+group-1 of token i: `group` rows, stride q.stride[1].
+            const Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>> qg(
+                &q.data[i * q.stride[0] + g * group * q.stride[1]], group, dk, Eigen::OuterStride<>(q.stride[1]));
+            const Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>> kg(
+                &k.data[g * k.stride[1]], visible, dk, Eigen::OuterStride<>(k.stride[0]));
+            const Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>> vg(
+                &v.data[g * v.stride[1]], visible, dv, Eigen::OuterStride<>(v.stride[0]));
+            Eigen::Map<Mat, Eigen::Unaligned, Eigen::OuterStride<>> og(
+                &out.data[i * out.stride[0] + g * group * out.stride[1]], group, dv,
+                Eigen::OuterStride<>(out.stride[1]));
+            scores.noalias() = (qg * kg.transpose()) * static_cast<A>(scale);  // (group, visible)
+            for (std::int64_t r = 0; r < group; ++r) {
+                auto row = scores.row(r);
+                const A mx = row.maxCoeff();
+                row = (row.array() - mx).exp();
+                row /= row.sum();
+            }
+            og.noalias() = scores * vg;
+        }
+    }
+}
+
+// pages[slot / page_size, slot % page_size, :] = rows[i] for each token i.
+template <class T, class A>
+void cache_write(Context<cpu>& ctx,
+                 View<const A, cpu, 2> rows,               // (N, W)
+                 View<const std::int64_t, cpu, 1> slots,   // (N)
+                 View<T, cpu, 3> pages)                    // (P, page_size, W)
+{
+    const std::int64_t n = rows.shape[0], w = rows.shape[1], page = pages.shape[1];
+    DSV2_CHECK(pages.shape[2] == w && slots.shape[0] == n && pages.contiguous(), ShapeError,
+               "cache_write: rows {}, pages {}", shape_str(rows.shape), shape_str(pages.shape));
+#pragma omp parallel for num_threads(ctx.threads) schedule(static) if (n * w > 65536)
+    for (std::int64_t i = 0; i < n; ++i) {
+        const std::int64_t slot = slots(i);
+        assert(slot >= 0 && slot < pages.shape[0] * page);
+        T* dst = pages.data + slot * w;
+        const A* src = rows.data + i * rows.stride[0];
+        for (std::int64_t j = 0; j < w; ++j) dst[j] = convert<T>(src[j]);
+    }
+}
+
+// out[j] = the cached row at position j of one sequence, j < out.shape[0].
+template <class A, class T>
+void cache_gather(Context<cpu>& ctx,
+                  View<const T, cpu, 3> pages,                   // (P, page_size, W)
+                  View<const std::int32_t, cpu, 1> block_table,  // (blocks)
+                  View<A, cpu, 2> out)                           // (S, W)
+{
+    const std::int64_t s_len = out.shape[0], w = out.shape[1], page = pages.shape[1];
+    DSV2_CHECK(pages.shape[2] == w && block_table.shape[0] * page >= s_len && pages.contiguous(), ShapeError,
+               "cache_gather: pages {}, {} blocks, out {}", shape_str(pages.shape), block_table.shape[0],
+               shape_str(out.shape));
+#pragma omp parallel for num_threads(ctx.threads) schedule(static) if (s_len * w > 65536)
+    for (std::int64_t j = 0; j < s_len; ++j) {
+        const std::int64_t block = block_table(j / page);
+        assert(block >= 0 && block < pages.shape[0]);
+        const T* src = pages.data + (block * page + j % page) * w;
+        A* dst = out.data + j * out.stride[0];
+        for (std::int64_t c = 0; c < w; ++c) dst[c] = convert<A>(src[c]);
+    }
+}
+
+}  // namespace dsv2

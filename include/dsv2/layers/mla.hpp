@@ -1,0 +1,186 @@
+// Multi-head Latent Attention (DeepSeek-V2 §2.1).
+//
+// Keys and values are compressed jointly into a latent c_kv (C values per
+// token) plus one decoupled rope key k_pe (Dr values) shared by all heads;
+// only [c_kv | k_pe] is cached. Two paths compute the same attention:
+//  - naive:    decompress K and V for the whole context with kv_b_proj,
+//              then ordinary multi-head attention (what HF does);
+//  - absorbed: fold W_UK into the query (q_nope · W_UK gives a C-vector per
+//              head) and W_UV into the output, and attend over the latent
+//              rows directly — MQA with one 576-wide key head whose first
+//              512 lanes are also the value. This is the inference path.
+#pragma once
+
+#include "dsv2/layers/latent_cache.hpp"
+#include "dsv2/layers/rmsnorm.hpp"
+#include "dsv2/layers/rotary.hpp"
+#include "dsv2/layers/step.hpp"
+
+namespace dsv2 {
+
+enum class AttentionPath { absorbed, naive };
+
+template <class T, class B>
+struct MLA {
+    DSV2_REQUIRE_BACKEND(B);
+    using A = acc_t<T>;
+
+    // Weights, with their Hugging Face names. Exactly one of q_proj and the
+    // (q_a_proj, q_a_layernorm, q_b_proj) trio is used, as q_lora_rank says.
+    Tensor<T, B, 2> q_proj;              // (H*(Dn+Dr), D)        q_lora_rank null
+    Tensor<T, B, 2> q_a_proj;            // (Q, D)                q_lora_rank set
+    RMSNorm<T, B> q_a_layernorm;         // (Q)
+    Tensor<T, B, 2> q_b_proj;            // (H*(Dn+Dr), Q)
+    Tensor<T, B, 2> kv_a_proj_with_mqa;  // (C+Dr, D)
+    RMSNorm<T, B> kv_a_layernorm;        // (C)
+    Tensor<T, B, 2> kv_b_proj;           // (H*(Dn+Dv), C)
+    Tensor<T, B, 2> o_proj;              // (D, H*Dv)
+
+    std::int64_t heads = 0, nope = 0, rope = 0, vdim = 0, rank = 0;  // H, Dn, Dr, Dv, C
+    bool q_lora = false;
+    double softmax_scale = 1.0;
+    AttentionPath path = AttentionPath::absorbed;
+
+    MLA() = default;
+    explicit MLA(const Config& cfg)
+        : heads(cfg.num_attention_heads), nope(cfg.qk_nope_head_dim), rope(cfg.qk_rope_head_dim),
+          vdim(cfg.v_head_dim), rank(cfg.kv_lora_rank), q_lora(cfg.q_lora_rank.has_value()),
+          softmax_scale(cfg.softmax_scale()) {
+        const std::int64_t d = cfg.hidden_size;
+        if (q_lora) {
+            q_a_proj = Tensor<T, B, 2>({*cfg.q_lora_rank, d});
+            q_a_layernorm = RMSNorm<T, B>(*cfg.q_lora_rank, Config::latent_norm_eps);
+            q_b_proj = Tensor<T, B, 2>({heads * q_dim(), *cfg.q_lora_rank});
+        } else {
+            q_proj = Tensor<T, B, 2>({heads * q_dim(), d});
+        }
+        kv_a_proj_with_mqa = Tensor<T, B, 2>({rank + rope, d});
+        kv_a_layernorm = RMSNorm<T, B>(rank, Config::latent_norm_eps);
+        kv_b_proj = Tensor<T, B, 2>({heads * (nope + vdim), rank});
+        o_proj = Tensor<T, B, 2>({d, heads * vdim});
+    }
+
+    std::int64_t q_dim() const { return nope + rope; }
+    std::int64_t latent_dim() const { return rank + rope; }
+
+    template <class F>
+    void for_each_weight(F&& f) {
+        if (q_lora) {
+            f("q_a_proj.weight", q_a_proj);
+            f("q_a_layernorm.weight", q_a_layernorm.weight);
+            f("q_b_proj.weight", q_b_proj);
+        } else {
+            f("q_proj.weight", q_proj);
+        }
+        f("kv_a_proj_with_mqa.weight", kv_a_proj_with_mqa);
+        f("kv_a_layernorm.weight", kv_a_layernorm.weight);
+        f("kv_b_proj.weight", kv_b_proj);
+        f("o_proj.weight", o_proj);
+    }
+
+    // Attends the step's new tokens over their sequences' cached context.
+    // Writes this layer's latent rows of the new tokens into the cache first.
+    void forward(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, LatentCache<T, B>& cache,
+                 std::int64_t layer,
+                 View<const A, B, 2> x,  // (N, D), already input_layernorm'ed
+                 View<A, B, 2> y) const  // (N, D)
+    {
+        typename Workspace<B>::Scope scope(ws);
+        const std::int64_t n = x.shape[0];
+
+        // Query: (N, H, Dn+Dr), rope lanes rotated.
+        auto q = ws.template take<A>(std::array{n, heads, q_dim()});
+        auto q_flat = q.reshape(std::array{n, heads * q_dim()});
+        if (q_lora) {
+            auto q_a = ws.template take<A>(std::array{n, q_a_proj.size(0)});  // (N, Q)
+            linear(ctx, x, q_a_proj.cview(), q_a);
+            q_a_layernorm.forward(ctx, cview(q_a), q_a);
+            linear(ctx, cview(q_a), q_b_proj.cview(), q_flat);
+        } else {
+            linear(ctx, x, q_proj.cview(), q_flat);
+        }
+        Rotary<T, B>::apply(ctx, step.cos, step.sin, q.slice(2, nope, q_dim()));
+
+        // Latent rows [kv_a_layernorm(c_kv) | rot(k_pe)]: (N, C+Dr), then cached.
+        auto latent = ws.template take<A>(std::array{n, latent_dim()});
+        linear(ctx, x, kv_a_proj_with_mqa.cview(), latent);
+        kv_a_layernorm.forward(ctx, cview(latent.cols(0, rank)), latent.cols(0, rank));
+        View<A, B, 3> k_pe(latent.data + rank, {n, 1, rope}, {latent.stride[0], rope, 1});  // (N, 1, Dr)
+        Rotary<T, B>::apply(ctx, step.cos, step.sin, k_pe);
+        cache_write(ctx, cview(latent), step.slots, cache.layer(layer));
+
+        auto o = ws.template take<A>(std::array{n, heads * vdim});  // (N, H*Dv)
+        if (path == AttentionPath::absorbed) {
+            attend_absorbed(ctx, ws, step, cache.layer(layer), cview(q), o);
+        } else {
+            attend_naive(ctx, ws, step, cache.layer(layer), cview(q), o);
+        }
+        linear(ctx, cview(o), o_proj.cview(), y);
+    }
+
+private:
+    // Rows [h*(Dn+Dv), h*(Dn+Dv)+Dn) of kv_b_proj: W_UK of head h, (Dn, C).
+    View<const T, B, 2> w_uk(std::int64_t h) const { return kv_b_proj.cview().rows(h * (nope + vdim), h * (nope + vdim) + nope); }
+    // The next Dv rows: W_UV of head h, (Dv, C).
+    View<const T, B, 2> w_uv(std::int64_t h) const {
+        return kv_b_proj.cview().rows(h * (nope + vdim) + nope, (h + 1) * (nope + vdim));
+    }
+
+    void attend_absorbed(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const T, B, 3> pages,
+                         View<const A, B, 3> q,  // (N, H, Dn+Dr)
+                         View<A, B, 2> o) const  // (N, H*Dv)
+    {
+        const std::int64_t n = q.shape[0], w = latent_dim();
+        // Absorbed query [q_nope · W_UK | q_pe]: (N, H, C+Dr).
+        auto q_lat = ws.template take<A>(std::array{n, heads, w});
+        auto o_lat = ws.template take<A>(std::array{n, heads, rank});  // (N, H, C)
+        for (std::int64_t h = 0; h < heads; ++h) {
+            matmul(ctx, head(q, h).cols(0, nope), w_uk(h), head(q_lat, h).cols(0, rank));
+            convert_rows(ctx, head(q, h).cols(nope, q_dim()), head(q_lat, h).cols(rank, w));
+        }
+        for (const auto& s : step.sequences) {
+            typename Workspace<B>::Scope scope(ws);
+            auto rows = ws.template take<A>(std::array{s.context(), w});  // (S, C+Dr)
+            cache_gather(ctx, pages, s.block_table, rows);
+            const View<const A, B, 3> keys(rows.data, {s.context(), 1, w});                    // (S, 1, C+Dr)
+            const View<const A, B, 3> values(rows.data, {s.context(), 1, rank}, {w, w, 1});  // (S, 1, C)
+            attention(ctx, cview(q_lat).rows(s.row_begin, s.row_begin + s.n_tokens), keys, values,
+                      s.first_position, softmax_scale, o_lat.rows(s.row_begin, s.row_begin + s.n_tokens));
+        }
+        for (std::int64_t h = 0; h < heads; ++h) {
+            linear(ctx, head(cview(o_lat), h), w_uv(h), o.cols(h * vdim, (h + 1) * vdim));
+        }
+    }
+
+    void attend_naive(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const T, B, 3> pages,
+                      View<const A, B, 3> q,  // (N, H, Dn+Dr)
+                      View<A, B, 2> o) const  // (N, H*Dv)
+    {
+        const std::int64_t w = latent_dim();
+        const auto o3 = o.reshape(std::array{o.shape[0], heads, vdim});  // (N, H, Dv)
+        for (const auto& s : step.sequences) {
+            typename Workspace<B>::Scope scope(ws);
+            const std::int64_t len = s.context();
+            auto rows = ws.template take<A>(std::array{len, w});  // (S, C+Dr)
+            cache_gather(ctx, pages, s.block_table, rows);
+            // Decompress: (S, H, Dn+Dv) = [k_nope | v] per head.
+            auto kv = ws.template take<A>(std::array{len, heads, nope + vdim});
+            linear(ctx, cview(rows.cols(0, rank)), kv_b_proj.cview(), kv.reshape(std::array{len, heads * (nope + vdim)}));
+            auto keys = ws.template take<A>(std::array{len, heads, q_dim()});  // (S, H, Dn+Dr)
+            for (std::int64_t h = 0; h < heads; ++h) {
+                convert_rows(ctx, head(cview(kv), h).cols(0, nope), head(keys, h).cols(0, nope));
+                convert_rows(ctx, cview(rows.cols(rank, w)), head(keys, h).cols(nope, q_dim()));
+            }
+            attention(ctx, q.rows(s.row_begin, s.row_begin + s.n_tokens), cview(keys), cview(kv).slice(2, nope, nope + vdim),
+                      s.first_position, softmax_scale, o3.rows(s.row_begin, s.row_begin + s.n_tokens));
+        }
+    }
+
+    // Head h of a (N, H, X) view as an (N, X) view.
+    template <class E>
+    static View<E, B, 2> head(View<E, B, 3> v, std::int64_t h) {
+        return {v.data + h * v.stride[1], {v.shape[0], v.shape[2]}, {v.stride[0], v.stride[2]}};
+    }
+};
+
+}  // namespace dsv2

@@ -11,6 +11,7 @@
 #include "dsv2/io/checkpoint.hpp"
 #include "dsv2/io/npy.hpp"
 #include "dsv2/io/safetensors.hpp"
+#include "dsv2/io/tokenizer.hpp"
 #include "dsv2/layers/balance.hpp"
 #include "dsv2/layers/decoder_layer.hpp"
 #include "dsv2/layers/latent_cache.hpp"
@@ -21,9 +22,11 @@
 #include "dsv2/layers/rotary.hpp"
 #include "dsv2/layers/router.hpp"
 #include "dsv2/model/config.hpp"
+#include "dsv2/model/generate.hpp"
 #include "dsv2/model/model.hpp"
 #include "dsv2/model/params.hpp"
 #include "dsv2/model/random.hpp"
+#include "dsv2/model/sampler.hpp"
 
 namespace dsv2 {
 static_assert(Backend<cpu>, "the CPU backend must satisfy the Backend concept");

@@ -189,12 +189,18 @@ private:
         }
         for (const auto& [name, t] : tensors_) by_offset.push_back(&t);
         std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->begin < b->begin; });
-        for (std::size_t i = 1; i < by_offset.size(); ++i) {
-            const StTensor* a = by_offset[i - 1];
-            const StTensor* b = by_offset[i];
-            DSV2_CHECK(a->end <= b->begin || a->begin == a->end || b->begin == b->end, CheckpointError,
-                       "[safetensors] {}: tensors {} [{}, {}) and {} [{}, {}) overlap", p, a->name, a->begin, a->end,
-                       b->name, b->begin, b->end);
+        // Compare each tensor with the furthest-reaching non-empty one before
+        // it, not just its neighbour: an empty tensor in between must not
+        // hide an overlap.
+        const StTensor* reach = nullptr;
+        for (const StTensor* b : by_offset) {
+            if (b->begin == b->end) continue;
+            if (reach != nullptr) {
+                DSV2_CHECK(reach->end <= b->begin, CheckpointError,
+                           "[safetensors] {}: tensors {} [{}, {}) and {} [{}, {}) overlap", p, reach->name, reach->begin,
+                           reach->end, b->name, b->begin, b->end);
+            }
+            if (reach == nullptr || b->end > reach->end) reach = b;
         }
     }
 

@@ -35,10 +35,16 @@ public:
         for (std::int64_t p = n_pages - 1; p >= 0; --p) free_pages_.push_back(static_cast<std::int32_t>(p));
     }
 
-    // A cache sized for `max_tokens` tokens in total across sequences.
+    // A cache that holds `max_tokens` tokens in total, split in any way over
+    // up to `max_sequences` sequences. Each sequence's last page may be
+    // partly filled, so that costs up to one extra page per sequence beyond
+    // the first: ceil(T / page) + min(S, T) - 1 pages always suffice.
     static LatentCache for_config(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens,
                                   std::int64_t max_sequences = 16, std::int64_t page_size = 64) {
-        const std::int64_t pages = std::max<std::int64_t>(1, (max_tokens + page_size - 1) / page_size);
+        DSV2_CHECK(max_tokens >= 0 && page_size > 0, RangeError, "[cache] max_tokens {}, page size {}: invalid",
+                   max_tokens, page_size);
+        const std::int64_t slack = std::max<std::int64_t>(0, std::min(max_sequences, max_tokens) - 1);
+        const std::int64_t pages = std::max<std::int64_t>(1, (max_tokens + page_size - 1) / page_size + slack);
         return LatentCache(ctx, cfg.num_hidden_layers, cfg.latent_dim(), page_size, pages, max_sequences);
     }
 

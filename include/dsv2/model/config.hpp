@@ -121,10 +121,12 @@ V get(const json& j, std::string_view source, const char* field) {
     DSV2_CHECK(it != j.end() && !it->is_null(), ConfigError, "[config] {}: missing field '{}'", source, field);
     try {
         if constexpr (std::is_same_v<V, std::int64_t>) {
-            DSV2_CHECK(it->is_number_integer() || (it->is_number_float() && std::floor(it->template get<double>()) ==
-                                                                                 it->template get<double>()),
-                       ConfigError, "[config] {}: field '{}': expected an integer, found {}", source, field,
-                       it->dump());
+            // Whole-number floats ("4096.0") are accepted; anything that would
+            // not fit an int64 exactly is rejected before the cast.
+            const bool whole_float = it->is_number_float() && std::floor(it->template get<double>()) == it->template get<double>() &&
+                                     std::abs(it->template get<double>()) < 9.0e15;
+            DSV2_CHECK(it->is_number_integer() || whole_float, ConfigError,
+                       "[config] {}: field '{}': expected an integer, found {}", source, field, it->dump());
             return it->is_number_integer() ? it->template get<std::int64_t>()
                                            : static_cast<std::int64_t>(it->template get<double>());
         } else if constexpr (std::is_same_v<V, double>) {

@@ -41,7 +41,7 @@ void attention(Context<cpu>& ctx,
     const std::int64_t tasks = n * kv_heads;
     using Mat = RowMat<A>;
     // With fewer tasks than threads (decode), let Eigen's GEMM use the threads.
-    const bool outer_parallel = tasks >= ctx.threads;
+    const bool outer_parallel = tasks >= ctx.threads && n * heads * s_len * (dk + dv) >= kParallelWork;
 #pragma omp parallel num_threads(ctx.threads) if (outer_parallel)
     {
         Mat scores;
@@ -78,7 +78,8 @@ void cache_write(Context<cpu>& ctx,
                  View<const std::int64_t, cpu, 1> slots,   // (N)
                  View<T, cpu, 3> pages)                    // (P, page_size, W)
 {
-    const std::int64_t n = rows.shape[0], w = rows.shape[1], page = pages.shape[1];
+    const std::int64_t n = rows.shape[0], w = rows.shape[1];
+    [[maybe_unused]] const std::int64_t page = pages.shape[1];
     DSV2_CHECK(pages.shape[2] == w && slots.shape[0] == n && pages.contiguous(), ShapeError,
                "cache_write: rows {}, pages {}", shape_str(rows.shape), shape_str(pages.shape));
 #pragma omp parallel for num_threads(ctx.threads) schedule(static) if (n * w > 65536)

@@ -53,6 +53,10 @@ void widen(View<const T, cpu, 2> w, std::int64_t r0, std::int64_t r1, std::int64
     }
 }
 
+// Below this many multiply-adds a product runs on one thread: waking the
+// team costs more than it saves.
+inline constexpr std::int64_t kParallelWork = std::int64_t{1} << 16;
+
 inline void check_product(std::string_view op, std::int64_t xn, std::int64_t xk, std::int64_t wk,
                           std::int64_t yn, std::int64_t ym, std::int64_t wm, bool rows_ok) {
     DSV2_CHECK(xk == wk && xn == yn && ym == wm, ShapeError,
@@ -78,7 +82,7 @@ void linear(Context<cpu>& ctx,
     const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);
-#pragma omp parallel num_threads(ctx.threads)
+#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
     {
         std::vector<A> wide;
 #pragma omp for schedule(dynamic, 1)
@@ -114,7 +118,7 @@ void matmul(Context<cpu>& ctx,
     const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);
-#pragma omp parallel num_threads(ctx.threads)
+#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
     {
         std::vector<A> wide;
 #pragma omp for schedule(dynamic, 1)

@@ -1,0 +1,95 @@
+// Builds a layer-level `Step` the way Model::run does (positions, cache
+// slots, rotary tables), for tests that drive MLA or a DecoderLayer without
+// a Model. Also: tolerances for comparing two paths of our own code.
+#pragma once
+
+#include "fixtures.hpp"
+
+#include <vector>
+
+namespace dsv2::test {
+
+// Two paths through our code computed in the same arithmetic type differ by
+// rounding only; f64 gets a tolerance far below the golden one, so a small
+// real discrepancy cannot hide under it.
+template <class T>
+constexpr Tolerance rounding_tolerance() {
+    if constexpr (std::is_same_v<acc_t<T>, double>) {
+        return {1e-11, 1e-12, 1e-22};
+    } else {
+        return tolerance<float>();
+    }
+}
+
+// Two paths whose cached latent rows are computed differently (a whole
+// model, where each layer's input differs by rounding; or products of other
+// batch shapes): a value stored in a 16-bit cache can land one storage ulp
+// apart, and later layers carry that on. Measured on the tiny cases (naive vs absorbed,
+// token by token vs prefill): max |err| 1.2e-4 (bf16) and 2.4e-4 (f16),
+// nmse <= 1e-9, from 1 (bf16) and 4 (f16) one-ulp flips in layer 1's cache.
+// The bound is a few storage ulps, still 10-25x below the golden tolerance.
+template <class T>
+constexpr Tolerance cached_rounding_tolerance() {
+    if constexpr (std::is_same_v<T, bf16> || std::is_same_v<T, f16>) {
+        constexpr double eps = std::is_same_v<T, bf16> ? 0x1p-8 : 0x1p-11;  // storage ulp at 1
+        return {4 * eps, 4 * eps, eps * eps};
+    } else {
+        return rounding_tolerance<T>();
+    }
+}
+
+// One step over `parts` (sequence, new-token count), in batch order. The
+// constructor appends each part's tokens to the cache, like Model::forward;
+// the Step's views point into this object, so keep it alive while using it.
+template <class T>
+class StepFixture {
+public:
+    using A = acc_t<T>;
+    struct Part {
+        std::int64_t seq_id = 0;
+        std::int64_t n_tokens = 0;
+    };
+
+    StepFixture(CpuCtx& ctx, const Rotary<T, cpu>& rotary, LatentCache<T, cpu>& cache, const std::vector<Part>& parts) {
+        std::vector<std::int64_t> pos, slot;
+        for (const auto& p : parts) {
+            const std::int64_t first = cache.append(p.seq_id, p.n_tokens);
+            step_.sequences.push_back({p.seq_id, std::ssize(pos), p.n_tokens, first, cache.block_table(p.seq_id)});
+            for (std::int64_t i = 0; i < p.n_tokens; ++i) {
+                pos.push_back(first + i);
+                slot.push_back(cache.slot(p.seq_id, first + i));
+            }
+        }
+        const std::int64_t n = std::ssize(pos), half = rotary.inv_freq.numel();
+        positions_ = Tensor<std::int64_t, cpu, 1>({n});
+        slots_ = Tensor<std::int64_t, cpu, 1>({n});
+        std::copy(pos.begin(), pos.end(), positions_.data());
+        std::copy(slot.begin(), slot.end(), slots_.data());
+        cos_ = Tensor<A, cpu, 2>({n, half});
+        sin_ = Tensor<A, cpu, 2>({n, half});
+        rotary.tables(ctx, positions_.cview(), cos_.view(), sin_.view());
+        step_.n_tokens = n;
+        step_.positions = positions_.cview();
+        step_.slots = slots_.cview();
+        step_.cos = cos_.cview();
+        step_.sin = sin_.cview();
+    }
+    StepFixture(const StepFixture&) = delete;
+    StepFixture& operator=(const StepFixture&) = delete;
+
+    const Step<A, cpu>& step() const { return step_; }
+    std::int64_t n_tokens() const { return step_.n_tokens; }
+
+private:
+    Step<A, cpu> step_;
+    Tensor<std::int64_t, cpu, 1> positions_, slots_;
+    Tensor<A, cpu, 2> cos_, sin_;
+};
+
+// Rows [begin, begin + n) of a flattened (N, W) golden array.
+inline std::vector<double> golden_rows(const std::vector<double>& all, std::int64_t width, std::int64_t begin,
+                                       std::int64_t n) {
+    return {all.begin() + begin * width, all.begin() + (begin + n) * width};
+}
+
+}  // namespace dsv2::test

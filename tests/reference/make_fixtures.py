@@ -446,6 +446,69 @@ def write_routers(root):
     })
 
 
+def write_storage_variants(root, name="tiny_v2"):
+    """The same model stored as BF16 and as F16 on disk (weights rounded to
+    nearest-even by torch/numpy), with golden logits and greedy ids computed
+    in float64 from the rounded values: what a checkpoint in the wild looks
+    like, and an exact target for any dtype that holds those values."""
+    src = os.path.join(root, name)
+    w32 = read_safetensors(os.path.join(src, "model.safetensors"))
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    cfg = ref.Config(config)
+    seq_lens = np.load(os.path.join(src, "seq_lens.npy")).tolist()
+    tokens = torch.from_numpy(np.load(os.path.join(src, "tokens.npy")))
+    for dtype, tag in (("BF16", "bf16"), ("F16", "f16")):
+        out = os.path.join(root, "%s_%s" % (name, tag))
+        os.makedirs(out, exist_ok=True)
+        raw, W = {}, {}
+        for k, v in w32.items():
+            t = torch.from_numpy(np.array(v))
+            if dtype == "BF16":
+                r = t.to(torch.bfloat16)
+                raw[k] = r.view(torch.int16).numpy().astype("<i2")
+            else:
+                r = t.to(torch.float16)
+                raw[k] = r.numpy().astype("<f2")
+            W[k] = r.to(torch.float64)
+        write_safetensors_raw(os.path.join(out, "model.safetensors"), raw, dtype)
+        write_json(os.path.join(out, "config.json"), config)
+        trace = {}
+        logits = ref.forward(tokens, seq_lens, W, cfg, trace=trace)
+        save_i64(os.path.join(out, "tokens.npy"), tokens)
+        save_i64(os.path.join(out, "seq_lens.npy"), seq_lens)
+        save_f64(os.path.join(out, "logits.npy"), trace["logits"])
+        offsets = np.concatenate([[0], np.cumsum(seq_lens)])
+        prompts = [tokens[offsets[b]:offsets[b + 1]].tolist() for b in range(len(seq_lens))]
+        ids, _ = ref.greedy_decode(prompts, W, cfg, DECODE_STEPS)
+        save_i64(os.path.join(out, "greedy.ids.npy"), ids)
+        write_json(os.path.join(out, "meta.json"), {
+            "source": name, "dtype": dtype, "seq_lens": seq_lens,
+            "argmax_min_gap": argmax_gap(trace["logits"]),
+            "notes": "Weights of %s rounded to %s (round to nearest even) and "
+                     "stored as %s; logits and greedy ids computed in float64 "
+                     "from the rounded values." % (name, tag, dtype)})
+
+
+def write_safetensors_raw(path, arrays, dtype):
+    """arrays: dict name -> numpy array already holding the on-disk bits."""
+    header, blobs, offset = {}, [], 0
+    for name in sorted(arrays):
+        b = np.ascontiguousarray(arrays[name]).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arrays[name].shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    header["__metadata__"] = {"format": "pt"}
+    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hj += b" " * ((-len(hj)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)))
+        f.write(hj)
+        for b in blobs:
+            f.write(b)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "data")
@@ -458,6 +521,7 @@ def main():
               % (name, seed, margins["router_min_gap"], margins["argmax_min_gap"]))
     write_rotary_dsv2(root)
     write_routers(root)
+    write_storage_variants(root)
     print("wrote", root)
 
 

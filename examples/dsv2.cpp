@@ -3,6 +3,11 @@
 // for the tools downstream (docs/usage.md).
 #include <dsv2/dsv2.hpp>
 
+#include "dsv2_bench.hpp"
+#ifdef DSV2_WITH_CUDA
+#include "dsv2_cuda.hpp"
+#endif
+
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -26,28 +31,7 @@ struct Common {
     int threads = 0;
 };
 
-std::vector<std::int32_t> parse_ids(const std::string& text) {
-    std::vector<std::int32_t> ids;
-    std::stringstream in(text);
-    std::string item;
-    while (std::getline(in, item, ',')) {
-        const auto b = item.find_first_not_of(" \t");
-        if (b == std::string::npos) continue;
-        std::size_t used = 0;
-        long long v = 0;
-        try {
-            v = std::stoll(item.substr(b), &used);
-        } catch (const std::exception&) {
-            used = 0;
-        }
-        DSV2_CHECK(used > 0 && item.find_first_not_of(" \t", b + used) == std::string::npos && v >= INT32_MIN &&
-                       v <= INT32_MAX,
-                   dsv2::RangeError, "--tokens: '{}' is not a token id", item);
-        ids.push_back(static_cast<std::int32_t>(v));
-    }
-    DSV2_CHECK(!ids.empty(), dsv2::RangeError, "--tokens: no token ids given");
-    return ids;
-}
+std::vector<std::int32_t> parse_ids(const std::string& text) { return dsv2::parse_token_ids(text, "--tokens"); }
 
 // Loads with a progress bar on stderr once loading takes more than a moment.
 template <class T>
@@ -69,8 +53,13 @@ dsv2::Model<T, dsv2::cpu> load(dsv2::Context<dsv2::cpu>& ctx, const std::string&
 }
 
 void check_backend(const Common& c) {
+#ifdef DSV2_WITH_CUDA
+    DSV2_CHECK(c.backend == "cpu" || c.backend == "cuda", dsv2::Unsupported, "--backend {}: expected cpu or cuda",
+               c.backend);
+#else
     DSV2_CHECK(c.backend == "cpu", dsv2::Unsupported,
-               "--backend {}: this build has only the cpu backend (the CUDA backend is not built yet)", c.backend);
+               "--backend {}: this build has only the cpu backend (configure with DSV2_ENABLE_CUDA for cuda)", c.backend);
+#endif
 }
 
 // Calls f.template operator()<T>() with T named by --dtype.
@@ -137,6 +126,9 @@ int cmd_info(const Common& c) {
 
 int cmd_logits(const Common& c, const std::string& tokens_text, const std::string& out) {
     check_backend(c);
+#ifdef DSV2_WITH_CUDA
+    if (c.backend == "cuda") return dsv2_cuda::logits(c.model, c.dtype, tokens_text, out);
+#endif
     const auto tokens = parse_ids(tokens_text);
     return with_dtype(c.dtype, [&]<class T>() {
         dsv2::Context<dsv2::cpu> ctx(c.threads);
@@ -161,6 +153,9 @@ struct GenerateArgs {
 
 int cmd_generate(const Common& c, const GenerateArgs& g) {
     check_backend(c);
+#ifdef DSV2_WITH_CUDA
+    if (c.backend == "cuda") return dsv2_cuda::generate(c.model, c.dtype, g.prompt, g.tokens, g.max_new_tokens, g.sampling);
+#endif
     return with_dtype(c.dtype, [&]<class T>() {
         dsv2::Context<dsv2::cpu> ctx(c.threads);
         const auto model = load<T>(ctx, c.model);
@@ -212,7 +207,7 @@ int main(int argc, char** argv) {
     };
     auto add_run = [&](CLI::App* sub) {
         sub->add_option("--dtype", common.dtype, "weight and cache type: f64, f32, bf16 or f16")->capture_default_str();
-        sub->add_option("--backend", common.backend, "cpu (cuda when built with it)")->capture_default_str();
+        sub->add_option("--backend", common.backend, "cpu, or cuda when built with DSV2_ENABLE_CUDA")->capture_default_str();
         sub->add_option("--threads", common.threads, "CPU threads (0: all)")->capture_default_str();
     };
 
@@ -239,10 +234,15 @@ int main(int argc, char** argv) {
     gen->add_option("--top-p", g.sampling.top_p, "nucleus mass")->capture_default_str();
     gen->add_option("--seed", g.sampling.seed, "sampling seed")->capture_default_str();
 
+    auto* bench = app.add_subcommand("bench", "prefill/decode tokens per second and the memory roofline (llama-bench style)");
+    dsv2_bench::Args bench_args;
+    dsv2_bench::add_options(bench, bench_args);
+
     CLI11_PARSE(app, argc, argv);
     try {
         if (*info) return cmd_info(common);
         if (*logits) return cmd_logits(common, tokens, out);
+        if (*bench) return dsv2_bench::cmd_bench(bench_args);
         if (*gen) {
             if (prompt_opt->count() == 0 && tokens_opt->count() == 0) {
                 fmt::print(stderr, "dsv2 generate: give --prompt TEXT or --tokens IDS\n");

@@ -2,6 +2,12 @@
 # Installs the Debian 12 packages dsv2 builds with (as root; skipped when present).
 set -euo pipefail
 packages=(build-essential cmake libeigen3-dev libfmt-dev catch2 nlohmann-json3-dev libcli11-dev libbenchmark-dev)
+# scripts/fuzz.sh sets DSV2_WITH_CLANG=1: libFuzzer and clang's sanitizer runtimes, and
+# LLVM's OpenMP for clang. (The sanitizer test build uses GCC's libasan/libubsan,
+# which build-essential already brings.)
+if [ "${DSV2_WITH_CLANG:-0}" = 1 ]; then
+  packages+=(clang libclang-rt-14-dev libomp-dev)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

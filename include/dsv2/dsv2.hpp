@@ -11,13 +11,19 @@
 #include "dsv2/io/checkpoint.hpp"
 #include "dsv2/io/npy.hpp"
 #include "dsv2/io/safetensors.hpp"
+#include "dsv2/io/token_ids.hpp"
 #include "dsv2/io/tokenizer.hpp"
+#include "dsv2/layers/attention.hpp"
 #include "dsv2/layers/balance.hpp"
+#include "dsv2/layers/capacity.hpp"
 #include "dsv2/layers/decoder_layer.hpp"
+#include "dsv2/layers/gqa.hpp"
+#include "dsv2/layers/kv_cache.hpp"
 #include "dsv2/layers/latent_cache.hpp"
 #include "dsv2/layers/mla.hpp"
 #include "dsv2/layers/mlp.hpp"
 #include "dsv2/layers/moe.hpp"
+#include "dsv2/layers/moe_variants.hpp"
 #include "dsv2/layers/rmsnorm.hpp"
 #include "dsv2/layers/rotary.hpp"
 #include "dsv2/layers/router.hpp"
@@ -27,6 +33,7 @@
 #include "dsv2/model/params.hpp"
 #include "dsv2/model/random.hpp"
 #include "dsv2/model/sampler.hpp"
+#include "dsv2/model/variants.hpp"
 
 namespace dsv2 {
 static_assert(Backend<cpu>, "the CPU backend must satisfy the Backend concept");

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <source_location>
 #include <stdexcept>
 #include <string>
 
@@ -40,11 +39,13 @@ struct Unsupported : Error {
 };
 
 namespace detail {
+// Takes __FILE__/__LINE__ rather than std::source_location: clang 14 (the
+// fuzzing compiler on Debian 12) cannot build libstdc++ 12's <source_location>.
 template <class E>
-[[noreturn]] inline void throw_at(const std::source_location& where, const std::string& message) {
-    std::string file = where.file_name();
+[[noreturn]] inline void throw_at(const char* where_file, int where_line, const std::string& message) {
+    std::string file = where_file;
     if (auto slash = file.rfind("include/dsv2/"); slash != std::string::npos) file = file.substr(slash + 8);
-    throw E(fmt::format("{} ({}:{})", message, file, where.line()));
+    throw E(fmt::format("{} ({}:{})", message, file, where_line));
 }
 }  // namespace detail
 
@@ -55,9 +56,8 @@ template <class E>
 #define DSV2_CHECK(cond, ErrorType, ...)                                                     \
     do {                                                                                     \
         if (!(cond)) [[unlikely]]                                                            \
-            ::dsv2::detail::throw_at<ErrorType>(std::source_location::current(),             \
-                                                ::fmt::format(__VA_ARGS__));                 \
+            ::dsv2::detail::throw_at<ErrorType>(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
     } while (0)
 
 #define DSV2_FAIL(ErrorType, ...) \
-    ::dsv2::detail::throw_at<ErrorType>(std::source_location::current(), ::fmt::format(__VA_ARGS__))
+    ::dsv2::detail::throw_at<ErrorType>(__FILE__, __LINE__, ::fmt::format(__VA_ARGS__))

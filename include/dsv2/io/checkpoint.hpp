@@ -96,11 +96,13 @@ struct LoadOptions {
 template <class Module, class B>
 void load_weights(Context<B>& ctx, Module& module, const Checkpoint& ckpt, const LoadOptions& opt = {},
                   const std::string& prefix = "") {
+    // Pass 1 checks every name, shape and dtype, and the unexpected
+    // tensors, before a single weight is written: a checkpoint that does not
+    // fit leaves `module` untouched. (Values are checked in pass 2, as they
+    // are read; load_model never hands out a module whose pass 2 failed.)
     std::set<std::string> used;
     std::int64_t total = 0, done = 0;
-    module.for_each_weight([&](const std::string&, auto&) { ++total; });
     module.for_each_weight([&](const std::string& local, auto& tensor) {
-        using E = typename std::decay_t<decltype(tensor)>::value_type;
         const std::string name = prefix + local;
         const auto* loc = ckpt.find(name);
         DSV2_CHECK(loc != nullptr, CheckpointError, "[checkpoint] {}: missing tensor {} (expected shape {})",
@@ -114,19 +116,8 @@ void load_weights(Context<B>& ctx, Module& module, const Checkpoint& ckpt, const
         DSV2_CHECK(st_is_float(t.dtype), CheckpointError,
                    "[checkpoint] {} in {}: expected a floating-point dtype (F64, F32, F16, BF16), found {}", name, file,
                    st_name(t.dtype));
-        std::vector<E> host(static_cast<std::size_t>(t.numel()));
-        loc->file->read(t, host.data());
-        if (opt.check_finite) {
-            for (std::size_t i = 0; i < host.size(); ++i) {
-                const double v = convert<double>(host[i]);
-                DSV2_CHECK(std::isfinite(v), CheckpointError,
-                           "[checkpoint] {} in {}: element {} is {} (turn off LoadOptions::check_finite to accept it)", name,
-                           file, i, v);
-            }
-        }
-        upload(ctx, host, tensor);
         used.insert(name);
-        if (opt.progress) opt.progress(++done, total);
+        ++total;
     });
     if (!opt.allow_unexpected && prefix.empty()) {
         std::vector<std::string> extra;
@@ -137,6 +128,36 @@ void load_weights(Context<B>& ctx, Module& module, const Checkpoint& ckpt, const
                    "(set LoadOptions::allow_unexpected to ignore them)",
                    ckpt.dir().string(), extra.size(), extra.front());
     }
+    module.for_each_weight([&](const std::string& local, auto& tensor) {
+        using E = typename std::decay_t<decltype(tensor)>::value_type;
+        const std::string name = prefix + local;
+        const auto* loc = ckpt.find(name);
+        const StTensor& t = *loc->tensor;
+        const std::string file = loc->file->path().filename().string();
+        std::vector<E> host(static_cast<std::size_t>(t.numel()));
+        loc->file->read(t, host.data());
+        if (opt.check_finite) {
+            for (std::size_t i = 0; i < host.size(); ++i) {
+                const double v = convert<double>(host[i]);
+                if (std::isfinite(v)) [[likely]] continue;
+                // Inf after conversion but finite on disk: the value does not
+                // fit T (e.g. 1e5 in an F32 checkpoint loaded as f16).
+                std::vector<double> source(host.size());
+                loc->file->read(t, source.data());
+                if constexpr (requires { DTypeTraits<E>::name; }) {
+                    DSV2_CHECK(!std::isfinite(source[i]), CheckpointError,
+                               "[checkpoint] {} in {}: element {} is {}, beyond the range of {} (it would load as {}); "
+                               "load the model in a wider dtype",
+                               name, file, i, source[i], DTypeTraits<E>::name, v);
+                }
+                DSV2_FAIL(CheckpointError,
+                          "[checkpoint] {} in {}: element {} is {} (turn off LoadOptions::check_finite to accept it)", name,
+                          file, i, v);
+            }
+        }
+        upload(ctx, host, tensor);
+        if (opt.progress) opt.progress(++done, total);
+    });
 }
 
 // Builds a model from a Hugging Face checkpoint directory.

@@ -5,10 +5,12 @@
 #include "dsv2/core/dtype.hpp"
 #include "dsv2/core/error.hpp"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -34,6 +36,13 @@ struct NpyArray {
             for (std::size_t i = 0; i < out.size(); ++i) {
                 S v;
                 std::memcpy(&v, data.data() + i * sizeof(S), sizeof(S));
+                if constexpr (std::is_floating_point_v<S> && std::is_integral_v<V>) {
+                    // Casting NaN, Inf or an out-of-range float to an integer is undefined behaviour.
+                    DSV2_CHECK(v == std::trunc(v) && v >= static_cast<S>(std::numeric_limits<V>::min()) &&
+                                   v < -static_cast<S>(std::numeric_limits<V>::min()),
+                               CheckpointError, "[npy] {}: element {} is {}, not an integer that fits int{}", what, i, v,
+                               8 * sizeof(V));
+                }
                 out[i] = static_cast<V>(v);
             }
         };

@@ -163,7 +163,10 @@ private:
             DSV2_CHECK(sh != info.end() && sh->is_array(), CheckpointError, "[safetensors] {} in {}: missing shape", name, p);
             std::int64_t numel = 1;
             for (const auto& d : *sh) {
-                DSV2_CHECK(d.is_number_unsigned() || (d.is_number_integer() && d.get<std::int64_t>() >= 0), CheckpointError,
+                // An unsigned entry above INT64_MAX would turn negative in get<int64_t>.
+                DSV2_CHECK(d.is_number_unsigned() ? d.get<std::uint64_t>() <= std::uint64_t{INT64_MAX}
+                                                  : d.is_number_integer() && d.get<std::int64_t>() >= 0,
+                           CheckpointError,
                            "[safetensors] {} in {}: shape entry {} is not a non-negative integer", name, p, d.dump());
                 const auto dim = d.get<std::int64_t>();
                 DSV2_CHECK(dim == 0 || numel <= (std::int64_t{1} << 48) / std::max<std::int64_t>(dim, 1), CheckpointError,

@@ -1,8 +1,11 @@
 // One transformer block:
 //   h += self_attn(input_layernorm(h));  h += mlp(post_attention_layernorm(h))
-// The MLP is dense or MoE as the config says for this layer index.
+// The MLP is dense or MoE as the config says for this layer index. The
+// attention is any type satisfying the Attention concept (layers/attention.hpp):
+// MLA by default, GQA (MHA/GQA/MQA) or a user's own.
 #pragma once
 
+#include "dsv2/layers/attention.hpp"
 #include "dsv2/layers/mla.hpp"
 #include "dsv2/layers/moe.hpp"
 
@@ -11,14 +14,16 @@
 
 namespace dsv2 {
 
-template <class T, class B>
+template <class T, class B, class Attn = MLA<T, B>>
 struct DecoderLayer {
     DSV2_REQUIRE_BACKEND(B);
+    DSV2_REQUIRE_ATTENTION(Attn, T, B);
     using A = acc_t<T>;
+    using Cache = typename Attn::Cache;
     using FeedForward = std::variant<MLP<T, B>, MoE<T, B>>;
 
     RMSNorm<T, B> input_layernorm;
-    MLA<T, B> self_attn;
+    Attn self_attn;
     RMSNorm<T, B> post_attention_layernorm;
     FeedForward mlp;
 
@@ -43,7 +48,7 @@ struct DecoderLayer {
     }
 
     // Updates the residual stream h in place.
-    void forward(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, LatentCache<T, B>& cache,
+    void forward(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, Cache& cache,
                  std::int64_t layer,
                  View<A, B, 2> h,  // (N, D)
                  RoutingRecord* record = nullptr) const

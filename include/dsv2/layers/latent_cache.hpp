@@ -10,6 +10,7 @@
 
 #include "dsv2/layers/common.hpp"
 
+#include <limits>
 #include <vector>
 
 namespace dsv2 {
@@ -28,6 +29,10 @@ public:
         DSV2_CHECK(n_layers > 0 && width > 0 && page_size > 0 && n_pages > 0 && max_sequences > 0, RangeError,
                    "[cache] layers {}, width {}, page size {}, pages {}, sequences {}: all must be positive", n_layers,
                    width, page_size, n_pages, max_sequences);
+        // Block tables hold page ids as int32 (as the CUDA kernels read them).
+        DSV2_CHECK(n_pages <= std::numeric_limits<std::int32_t>::max(), RangeError,
+                   "[cache] {} pages: page ids are int32, so at most {} pages", n_pages,
+                   std::numeric_limits<std::int32_t>::max());
         pages_ = Tensor<T, B, 4>({n_layers, n_pages, page_size, width});
         block_tables_ = Tensor<std::int32_t, B, 2>({max_sequences, n_pages});
         seqs_.resize(static_cast<std::size_t>(max_sequences));
@@ -41,10 +46,13 @@ public:
     // the first: ceil(T / page) + min(S, T) - 1 pages always suffice.
     static LatentCache for_config(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens,
                                   std::int64_t max_sequences = 16, std::int64_t page_size = 64) {
-        DSV2_CHECK(max_tokens >= 0 && page_size > 0, RangeError, "[cache] max_tokens {}, page size {}: invalid",
+        DSV2_CHECK(max_tokens >= 0 && max_tokens <= (std::int64_t{1} << 40) && page_size > 0, RangeError,
+                   "[cache] max_tokens {}, page size {}: invalid (max_tokens must be 0..2^40, page size positive)",
                    max_tokens, page_size);
         const std::int64_t slack = std::max<std::int64_t>(0, std::min(max_sequences, max_tokens) - 1);
-        const std::int64_t pages = std::max<std::int64_t>(1, (max_tokens + page_size - 1) / page_size + slack);
+        // Written so that no sum can overflow for any max_tokens.
+        const std::int64_t pages =
+            std::max<std::int64_t>(1, max_tokens / page_size + (max_tokens % page_size != 0) + slack);
         return LatentCache(ctx, cfg.num_hidden_layers, cfg.latent_dim(), page_size, pages, max_sequences);
     }
 

@@ -24,6 +24,7 @@ template <class T, class B>
 struct MLA {
     DSV2_REQUIRE_BACKEND(B);
     using A = acc_t<T>;
+    using Cache = LatentCache<T, B>;  // what it caches: the latent rows (layers/attention.hpp)
 
     // Weights, with their Hugging Face names. Exactly one of q_proj and the
     // (q_a_proj, q_a_layernorm, q_b_proj) trio is used, as q_lora_rank says.

@@ -6,9 +6,11 @@
 // runs once over its rows, and results are scatter-added with their weights.
 #pragma once
 
+#include "dsv2/layers/capacity.hpp"
 #include "dsv2/layers/mlp.hpp"
 #include "dsv2/layers/router.hpp"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +34,8 @@ struct MoE {
     std::vector<MLP<T, B>> experts;
     MLP<T, B> shared_experts;  // empty when n_shared_experts == 0
     bool has_shared = false;
+    // Training-time token dropping (layers/capacity.hpp); none at inference.
+    std::optional<CapacityLimit> capacity;
 
     MoE() = default;
     MoE(const Config& cfg, Policy policy) : gate(cfg, std::move(policy)) { build(cfg); }
@@ -67,6 +71,7 @@ struct MoE {
         auto idx = ws.template take<std::int32_t>(std::array{n, k});      // (N, K)
         auto weights = ws.template take<A>(std::array{n, k});             // (N, K)
         gate.forward(ctx, ws, x, scores, idx, weights);
+        if (capacity) drop_over_capacity(ctx, *capacity, cview(scores), cview(idx), weights);
         if (record) keep_record(ctx, cview(scores), cview(idx), cview(weights), *record);
 
         if (has_shared) {

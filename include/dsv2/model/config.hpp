@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -132,6 +133,8 @@ V get(const json& j, std::string_view source, const char* field) {
         } else if constexpr (std::is_same_v<V, double>) {
             DSV2_CHECK(it->is_number(), ConfigError, "[config] {}: field '{}': expected a number, found {}",
                        source, field, it->dump());
+            DSV2_CHECK(std::isfinite(it->template get<double>()), ConfigError,
+                       "[config] {}: field '{}': expected a finite number, found {}", source, field, it->dump());
             return it->template get<double>();
         } else if constexpr (std::is_same_v<V, bool>) {
             DSV2_CHECK(it->is_boolean(), ConfigError, "[config] {}: field '{}': expected true or false, found {}",
@@ -273,7 +276,7 @@ inline Config load_config(const std::filesystem::path& path) {
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(text.str());
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number like 1e999
         DSV2_FAIL(ConfigError, "[config] {}: malformed JSON: {}", path.string(), e.what());
     }
     return config_from_json(j, path.string());
@@ -352,6 +355,50 @@ inline void Config::validate(std::string_view source) const {
                "[config] {}: field 'qk_rope_head_dim': expected a positive even integer, found {}", source,
                qk_rope_head_dim);
     if (q_lora_rank) positive(*q_lora_rank, "q_lora_rank");
+    // Upper bounds, far above any published model, so that a hostile or
+    // mistyped config is named here rather than failing later as an int64
+    // overflow, a loop over 2^62 layers or std::bad_alloc.
+    auto at_most = [&](std::int64_t v, std::int64_t limit, const char* field) {
+        DSV2_CHECK(v <= limit, ConfigError, "[config] {}: field '{}': {} is above this library's limit of {}", source,
+                   field, v, limit);
+    };
+    constexpr std::int64_t max_width = std::int64_t{1} << 20, max_count = std::int64_t{1} << 16;
+    at_most(vocab_size, std::int64_t{1} << 24, "vocab_size");
+    at_most(hidden_size, max_width, "hidden_size");
+    at_most(intermediate_size, max_width, "intermediate_size");
+    at_most(moe_intermediate_size, max_width, "moe_intermediate_size");
+    at_most(kv_lora_rank, max_width, "kv_lora_rank");
+    if (q_lora_rank) at_most(*q_lora_rank, max_width, "q_lora_rank");
+    at_most(qk_nope_head_dim, max_width, "qk_nope_head_dim");
+    at_most(qk_rope_head_dim, max_width, "qk_rope_head_dim");
+    at_most(v_head_dim, max_width, "v_head_dim");
+    at_most(num_hidden_layers, max_count, "num_hidden_layers");
+    at_most(num_attention_heads, max_count, "num_attention_heads");
+    at_most(n_routed_experts, max_count, "n_routed_experts");
+    at_most(n_shared_experts, max_count, "n_shared_experts");
+    at_most(max_position_embeddings, std::int64_t{1} << 30, "max_position_embeddings");
+    {
+        // Parameters, in double so that the estimate itself cannot overflow:
+        // every tensor the config implies must be addressable with int64.
+        const double d = static_cast<double>(hidden_size), h = static_cast<double>(num_attention_heads);
+        const double qk = static_cast<double>(qk_nope_head_dim + qk_rope_head_dim);
+        const double q = q_lora_rank ? d * static_cast<double>(*q_lora_rank) + static_cast<double>(*q_lora_rank) * h * qk
+                                     : h * qk * d;
+        const double attn = q + static_cast<double>(kv_lora_rank + qk_rope_head_dim) * d +
+                            h * static_cast<double>(qk_nope_head_dim + v_head_dim) * static_cast<double>(kv_lora_rank) +
+                            d * h * static_cast<double>(v_head_dim);
+        const double mlp = 3 * d *
+                               std::max<double>(static_cast<double>(std::max<std::int64_t>(intermediate_size, 0)),
+                                                static_cast<double>(std::max<std::int64_t>(moe_intermediate_size, 0)) *
+                                                    static_cast<double>(std::max<std::int64_t>(n_routed_experts, 0) +
+                                                                        std::max<std::int64_t>(n_shared_experts, 0))) +
+                           static_cast<double>(std::max<std::int64_t>(n_routed_experts, 0)) * d;
+        const double total = 2 * static_cast<double>(vocab_size) * d + static_cast<double>(num_hidden_layers) * (attn + mlp);
+        constexpr double max_params = 1e15;
+        DSV2_CHECK(total <= max_params, ConfigError,
+                   "[config] {}: these sizes imply about {:.3g} parameters, above this library's limit of {:.0e}", source,
+                   total, max_params);
+    }
     DSV2_CHECK(hidden_act == "silu", Unsupported, "[config] {}: field 'hidden_act': only \"silu\" is supported, found \"{}\"",
                source, hidden_act);
     DSV2_CHECK(!attention_bias, Unsupported, "[config] {}: field 'attention_bias': true is not supported", source);
@@ -360,9 +407,6 @@ inline void Config::validate(std::string_view source) const {
     DSV2_CHECK(rms_norm_eps > 0, ConfigError, "[config] {}: field 'rms_norm_eps': expected > 0, found {}", source,
                rms_norm_eps);
     DSV2_CHECK(rope_theta > 1, ConfigError, "[config] {}: field 'rope_theta': expected > 1, found {}", source, rope_theta);
-    bool any_dense = false;
-    for (std::int64_t i = 0; i < num_hidden_layers; ++i) any_dense = any_dense || !is_moe_layer(i);
-    if (any_dense) positive(intermediate_size, "intermediate_size");
     DSV2_CHECK(n_routed_experts >= 0, ConfigError, "[config] {}: field 'n_routed_experts': expected >= 0, found {}",
                source, n_routed_experts);
     if (n_routed_experts > 0) {
@@ -391,6 +435,10 @@ inline void Config::validate(std::string_view source) const {
                    "[config] {}: field 'scoring_func': \"{}\" routing needs scoring_func \"{}\"", source,
                    to_string(topk_method), topk_method == TopkMethod::noaux_tc ? "sigmoid" : "softmax");
     }
+    // After moe_layer_freq is known to be positive: is_moe_layer divides by it.
+    bool any_dense = false;
+    for (std::int64_t i = 0; i < num_hidden_layers; ++i) any_dense = any_dense || !is_moe_layer(i);
+    if (any_dense) positive(intermediate_size, "intermediate_size");
     if (rope_scaling.kind == RopeScalingKind::yarn) {
         DSV2_CHECK(rope_scaling.factor > 0, ConfigError, "[config] {}: field 'rope_scaling.factor': expected > 0, found {}",
                    source, rope_scaling.factor);
@@ -401,6 +449,11 @@ inline void Config::validate(std::string_view source) const {
                    "[config] {}: fields 'rope_scaling.beta_fast/beta_slow': expected > 0, found {} / {}", source,
                    rope_scaling.beta_fast, rope_scaling.beta_slow);
     }
+    const double rotary = rotary_mscale(), scale = softmax_scale();
+    DSV2_CHECK(std::isfinite(rotary) && rotary > 0 && std::isfinite(scale) && scale > 0, ConfigError,
+               "[config] {}: rope_scaling mscale / mscale_all_dim give a rotary scale of {} and a softmax scale of {}; "
+               "both must be finite and positive",
+               source, rotary, scale);
 }
 
 inline Config Config::deepseek_v2() {

@@ -26,8 +26,8 @@ struct GenerateResult {
 };
 
 // `on_token(prompt index, token)` is called as each token is chosen.
-template <class T, class B>
-GenerateResult generate(Context<B>& ctx, const Model<T, B>& model, Session<T, B>& session,
+template <class T, class B, class Attn>
+GenerateResult generate(Context<B>& ctx, const Model<T, B, Attn>& model, Session<T, B, Attn>& session,
                         const std::vector<std::vector<std::int32_t>>& prompts, const GenerateOptions& opt,
                         const std::function<void(std::size_t, std::int32_t)>& on_token = {}) {
     DSV2_CHECK(!prompts.empty(), RangeError, "[generate] no prompts");
@@ -45,7 +45,7 @@ GenerateResult generate(Context<B>& ctx, const Model<T, B>& model, Session<T, B>
         samplers.emplace_back(s);
     }
     struct Release {  // the sequences are the caller's only for this call
-        Session<T, B>& s;
+        Session<T, B, Attn>& s;
         std::vector<std::int64_t>& ids;
         ~Release() {
             for (auto id : ids) s.cache.free(id);

@@ -21,26 +21,31 @@ struct SequenceTokens {
 
 enum class Logits { all, last };  // every position, or each sequence's last
 
-// Everything that changes while a model runs: the latent cache and scratch.
-template <class T, class B>
+// Everything that changes while a model runs: the attention's cache (the
+// latent cache for MLA) and scratch.
+template <class T, class B, class Attn = MLA<T, B>>
 struct Session {
-    LatentCache<T, B> cache;
+    typename Attn::Cache cache;
     Workspace<B> ws;
 
     Session(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens, std::int64_t max_sequences = 16,
             std::int64_t page_size = 64)
-        : cache(LatentCache<T, B>::for_config(ctx, cfg, max_tokens, max_sequences, page_size)) {}
+        : cache(Attn::Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size)) {}
 };
 
-template <class T, class B>
+// `Attn` is the self-attention of every layer: MLA (DeepSeek-V2) by default,
+// or any type satisfying the Attention concept (layers/attention.hpp), e.g.
+// GQA<T, B> for MHA/GQA/MQA baselines.
+template <class T, class B, class Attn = MLA<T, B>>
 class Model {
 public:
     DSV2_REQUIRE_BACKEND(B);
     using A = acc_t<T>;
+    using Cache = typename Attn::Cache;
 
     Config config;
     Tensor<T, B, 2> embed_tokens;  // (V, D)  model.embed_tokens.weight
-    std::vector<DecoderLayer<T, B>> layers;
+    std::vector<DecoderLayer<T, B, Attn>> layers;
     RMSNorm<T, B> norm;            // (D)     model.norm.weight
     Tensor<T, B, 2> lm_head;       // (V, D)  lm_head.weight
     Rotary<T, B> rotary;
@@ -67,19 +72,21 @@ public:
         f(std::string("lm_head.weight"), lm_head);
     }
 
-    void set_attention_path(AttentionPath p) {
+    void set_attention_path(AttentionPath p)
+        requires std::is_same_v<Attn, MLA<T, B>>
+    {
         for (auto& l : layers) l.self_attn.path = p;
     }
 
-    Session<T, B> new_session(Context<B>& ctx, std::int64_t max_tokens, std::int64_t max_sequences = 16,
-                              std::int64_t page_size = 64) const {
-        return Session<T, B>(ctx, config, max_tokens, max_sequences, page_size);
+    Session<T, B, Attn> new_session(Context<B>& ctx, std::int64_t max_tokens, std::int64_t max_sequences = 16,
+                                    std::int64_t page_size = 64) const {
+        return Session<T, B, Attn>(ctx, config, max_tokens, max_sequences, page_size);
     }
 
     // One step: appends each sequence's tokens to the cache and returns the
     // logits, (N, V) for Logits::all or (batch, V) for Logits::last, valid
     // until the session's next step. On any error the cache is left as it was.
-    View<const A, B, 2> forward(Context<B>& ctx, Session<T, B>& session, std::span<const SequenceTokens> batch,
+    View<const A, B, 2> forward(Context<B>& ctx, Session<T, B, Attn>& session, std::span<const SequenceTokens> batch,
                                 Logits which = Logits::all, std::vector<RoutingRecord>* records = nullptr) const {
         auto& cache = session.cache;
         validate_batch(cache, batch);
@@ -96,7 +103,7 @@ public:
     }
 
 private:
-    void validate_batch(const LatentCache<T, B>& cache, std::span<const SequenceTokens> batch) const {
+    void validate_batch(const Cache& cache, std::span<const SequenceTokens> batch) const {
         DSV2_CHECK(!batch.empty(), RangeError, "[model] forward: the batch has no sequences");
         std::unordered_set<std::int64_t> seen;
         std::int64_t pages_needed = 0;
@@ -123,7 +130,7 @@ private:
                    cache.free_page_count(), cache.n_pages());
     }
 
-    View<const A, B, 2> run(Context<B>& ctx, Session<T, B>& session, std::span<const SequenceTokens> batch,
+    View<const A, B, 2> run(Context<B>& ctx, Session<T, B, Attn>& session, std::span<const SequenceTokens> batch,
                             const std::vector<std::int64_t>& lengths, Logits which,
                             std::vector<RoutingRecord>* records) const {
         auto& ws = session.ws;

@@ -9,6 +9,7 @@
 // latent cache.
 #pragma once
 
+#include "dsv2/backend/cpu/flash_decode.hpp"
 #include "dsv2/backend/cpu/linear.hpp"
 
 #include <limits>
@@ -40,7 +41,19 @@ void attention(Context<cpu>& ctx,
     const std::int64_t group = heads / kv_heads;
     const std::int64_t tasks = n * kv_heads;
     using Mat = RowMat<A>;
-    // With fewer tasks than threads (decode), let Eigen's GEMM use the threads.
+    // Decode over a long context (fewer tasks than threads): split the keys
+    // across the threads and merge the partial softmaxes (flash_decode.hpp).
+    if (tasks < ctx.threads && first_position + 1 >= 2 * kMinKeysPerSplit) {
+        for (std::int64_t task = 0; task < tasks; ++task) {
+            const std::int64_t i = task / kv_heads, g = task % kv_heads;
+            attention_split_task<A>(ctx.threads, &q.data[i * q.stride[0] + g * group * q.stride[1]], q.stride[1],
+                                    &k.data[g * k.stride[1]], k.stride[0], &v.data[g * v.stride[1]], v.stride[0],
+                                    &out.data[i * out.stride[0] + g * group * out.stride[1]], out.stride[1], group, dk,
+                                    dv, first_position + i + 1, static_cast<A>(scale));
+        }
+        return;
+    }
+    // With fewer tasks than threads (short decode), let Eigen's GEMM use the threads.
     const bool outer_parallel = tasks >= ctx.threads && n * heads * s_len * (dk + dv) >= kParallelWork;
 #pragma omp parallel num_threads(ctx.threads) if (outer_parallel)
     {
@@ -79,13 +92,20 @@ void cache_write(Context<cpu>& ctx,
                  View<T, cpu, 3> pages)                    // (P, page_size, W)
 {
     const std::int64_t n = rows.shape[0], w = rows.shape[1];
-    [[maybe_unused]] const std::int64_t page = pages.shape[1];
+    const std::int64_t page = pages.shape[1];
     DSV2_CHECK(pages.shape[2] == w && slots.shape[0] == n && pages.contiguous(), ShapeError,
                "cache_write: rows {}, pages {}", shape_str(rows.shape), shape_str(pages.shape));
+    // A Step built by hand (research code calling a layer directly) can
+    // carry any slot: check them all before writing one, outside the
+    // parallel loop (an exception must not leave an OpenMP region).
+    for (std::int64_t i = 0; i < n; ++i) {
+        DSV2_CHECK(slots(i) >= 0 && slots(i) < pages.shape[0] * page, RangeError,
+                   "cache_write: token {} has cache slot {}, outside the {} slots of {} pages", i, slots(i),
+                   pages.shape[0] * page, pages.shape[0]);
+    }
 #pragma omp parallel for num_threads(ctx.threads) schedule(static) if (n * w > 65536)
     for (std::int64_t i = 0; i < n; ++i) {
         const std::int64_t slot = slots(i);
-        assert(slot >= 0 && slot < pages.shape[0] * page);
         T* dst = pages.data + slot * w;
         const A* src = rows.data + i * rows.stride[0];
         for (std::int64_t j = 0; j < w; ++j) dst[j] = convert<T>(src[j]);
@@ -103,10 +123,14 @@ void cache_gather(Context<cpu>& ctx,
     DSV2_CHECK(pages.shape[2] == w && block_table.shape[0] * page >= s_len && pages.contiguous(), ShapeError,
                "cache_gather: pages {}, {} blocks, out {}", shape_str(pages.shape), block_table.shape[0],
                shape_str(out.shape));
+    for (std::int64_t b = 0; b * page < s_len; ++b) {
+        DSV2_CHECK(block_table(b) >= 0 && block_table(b) < pages.shape[0], RangeError,
+                   "cache_gather: block table entry {} is page {}, outside the cache's pages [0, {})", b,
+                   block_table(b), pages.shape[0]);
+    }
 #pragma omp parallel for num_threads(ctx.threads) schedule(static) if (s_len * w > 65536)
     for (std::int64_t j = 0; j < s_len; ++j) {
         const std::int64_t block = block_table(j / page);
-        assert(block >= 0 && block < pages.shape[0]);
         const T* src = pages.data + (block * page + j % page) * w;
         A* dst = out.data + j * out.stride[0];
         for (std::int64_t c = 0; c < w; ++c) dst[c] = convert<A>(src[c]);

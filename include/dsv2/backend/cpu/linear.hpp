@@ -1,5 +1,7 @@
 // Matrix products on the CPU. Activations are in the arithmetic type A;
-// weights are in the storage type T. When T != A, blocks of weights are
+// weights are in the storage type T. Decode (f32 activations, at most
+// kGemvRows rows) runs the matrix-vector kernels of gemv.hpp, which read
+// any weight type in place. Otherwise, when T != A, blocks of weights are
 // widened into a per-thread buffer and multiplied by Eigen's GEMM; when
 // T == A, Eigen reads the weights in place.
 //
@@ -9,6 +11,7 @@
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"
+#include "dsv2/backend/cpu/gemv.hpp"
 
 #include <Eigen/Core>
 
@@ -64,6 +67,22 @@ inline void check_product(std::string_view op, std::int64_t xn, std::int64_t xk,
     DSV2_CHECK(rows_ok, ShapeError, "{}: every operand needs unit stride along its rows", op);
 }
 
+// Up to this many activation rows, products with f32 activations run as
+// matrix-vector kernels that read the weights in place (gemv.hpp): decode.
+inline constexpr std::int64_t kGemvRows = 4;
+
+// Splits [0, m) into one contiguous, `align`-multiple slice per thread and
+// runs f(begin, end) on each: every thread streams its own weights.
+template <class F>
+void split_range(Context<cpu>& ctx, std::int64_t m, std::int64_t align, bool parallel, F&& f) {
+    const int threads = parallel ? ctx.threads : 1;
+    const std::int64_t per = (m + threads - 1) / threads;
+    const std::int64_t chunk = std::max<std::int64_t>(align, (per + align - 1) / align * align);
+    const std::int64_t parts = (m + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (parts > 1)
+    for (std::int64_t p = 0; p < parts; ++p) f(p * chunk, std::min(m, (p + 1) * chunk));
+}
+
 }  // namespace cpu_detail
 
 // y = x w^T, the Hugging Face `nn.Linear` layout.
@@ -78,6 +97,14 @@ void linear(Context<cpu>& ctx,
     check_product("linear", n, k, w.shape[1], y.shape[0], y.shape[1], m,
                   x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
     if (n == 0 || m == 0) return;
+    if constexpr (std::is_same_v<A, float> && gemv_weight_v<T>) {
+        if (n <= kGemvRows) {
+            split_range(ctx, m, 4, n * m * k >= kParallelWork, [&](std::int64_t r0, std::int64_t r1) {
+                gemv_rows(x.data, x.stride[0], n, w.data, w.stride[0], k, r0, r1, y.data, y.stride[0]);
+            });
+            return;
+        }
+    }
     const std::int64_t block = feature_block(m, ctx.threads);
     const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
@@ -114,6 +141,14 @@ void matmul(Context<cpu>& ctx,
     check_product("matmul", n, k, w.shape[0], y.shape[0], y.shape[1], m,
                   x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
     if (n == 0 || m == 0) return;
+    if constexpr (std::is_same_v<A, float> && gemv_weight_v<T>) {
+        if (n <= kGemvRows) {
+            split_range(ctx, m, 64, n * m * k >= kParallelWork, [&](std::int64_t c0, std::int64_t c1) {
+                gemv_cols(x.data, x.stride[0], n, w.data, w.stride[0], k, c0, c1, y.data, y.stride[0]);
+            });
+            return;
+        }
+    }
     const std::int64_t block = feature_block(m, ctx.threads);
     const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);

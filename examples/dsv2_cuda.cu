@@ -1,0 +1,88 @@
+// The `dsv2` command's logits and generate on the GPU: the same steps as
+// cmd_logits / cmd_generate in dsv2.cpp, with Model<T, cuda>.
+#include <dsv2/cuda.cuh>
+
+#include "dsv2_cuda.hpp"
+
+#include <cstdio>
+
+namespace dsv2_cuda {
+namespace {
+
+template <class F>
+int with_dtype(const std::string& dtype, F&& f) {
+    if (dtype == "f64") return f.template operator()<double>();
+    if (dtype == "f32") return f.template operator()<float>();
+    if (dtype == "bf16") return f.template operator()<dsv2::bf16>();
+    if (dtype == "f16") return f.template operator()<dsv2::f16>();
+    DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f64, f32, bf16 or f16", dtype);
+}
+
+void require_device() {
+    DSV2_CHECK(dsv2::cuda_device_count() > 0, dsv2::Unsupported, "--backend cuda: no CUDA device is available");
+}
+
+}  // namespace
+
+int logits(const std::string& model_dir, const std::string& dtype, const std::string& tokens_text,
+           const std::string& out) {
+    require_device();
+    const auto tokens = dsv2::parse_token_ids(tokens_text, "--tokens");
+    return with_dtype(dtype, [&]<class T>() {
+        dsv2::Context<dsv2::cuda> ctx;
+        const auto model = dsv2::load_model<T, dsv2::cuda>(ctx, model_dir);
+        auto session = model.new_session(ctx, std::ssize(tokens), 1);
+        const dsv2::SequenceTokens seq{session.cache.add_sequence(), tokens};
+        const auto logits = model.forward(ctx, session, std::span(&seq, 1), dsv2::Logits::all);
+        std::vector<dsv2::acc_t<T>> host(static_cast<std::size_t>(logits.numel()));
+        dsv2::copy_to_host(ctx, logits.data, host.data(), logits.numel());
+        const std::vector<float> values(host.begin(), host.end());
+        dsv2::write_npy<float>(out, values, {logits.shape[0], logits.shape[1]});
+        fmt::print("wrote {}: float32 logits of shape [{}, {}] ({} prefill, dtype {}, cuda)\n", out, logits.shape[0],
+                   logits.shape[1], tokens.size(), dtype);
+        return 0;
+    });
+}
+
+int generate(const std::string& model_dir, const std::string& dtype, const std::string& prompt_text,
+             const std::string& tokens_text, std::int64_t max_new_tokens, const dsv2::SamplerOptions& sampling) {
+    require_device();
+    return with_dtype(dtype, [&]<class T>() {
+        dsv2::Context<dsv2::cuda> ctx;
+        const auto model = dsv2::load_model<T, dsv2::cuda>(ctx, model_dir);
+        const dsv2::ByteTokenizer bytes;
+        const bool text_io = dsv2::ByteTokenizer::fits(model.config);
+        std::vector<std::int32_t> prompt;
+        if (!tokens_text.empty()) {
+            prompt = dsv2::parse_token_ids(tokens_text, "--tokens");
+        } else {
+            DSV2_CHECK(text_io, dsv2::Unsupported,
+                       "--prompt: this model's tokenizer is not supported yet (only the byte-level tokenizer of the "
+                       "embedded model); pass token ids with --tokens");
+            prompt = bytes.encode(prompt_text);
+            fmt::print("{}", prompt_text);
+        }
+        dsv2::GenerateOptions opt;
+        opt.max_new_tokens = max_new_tokens;
+        opt.sampling = sampling;
+        if (model.config.eos_token_id) opt.eos = static_cast<std::int32_t>(*model.config.eos_token_id);
+        auto session = model.new_session(ctx, std::ssize(prompt) + max_new_tokens, 1);
+        const auto result = dsv2::generate(ctx, model, session, {prompt}, opt, [&](std::size_t, std::int32_t id) {
+            if (text_io && tokens_text.empty()) {
+                if (id < 256) std::fputc(id, stdout);
+            } else {
+                fmt::print("{} ", id);
+            }
+            std::fflush(stdout);
+        });
+        fmt::print("\n");
+        if (!tokens_text.empty()) fmt::print("ids: {}\n", fmt::join(result.tokens[0], ","));
+        auto rate = [](std::int64_t n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
+        fmt::print(stderr, "prefill {} tokens at {:.1f} tok/s; decode {} tokens at {:.1f} tok/s (cuda)\n",
+                   result.prefill_tokens, rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,
+                   rate(result.decode_tokens, result.decode_seconds));
+        return 0;
+    });
+}
+
+}  // namespace dsv2_cuda

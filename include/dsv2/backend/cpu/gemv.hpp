@@ -1,0 +1,211 @@
+// Matrix-vector kernels for decode: f32 activations, weights in f32, bf16 or
+// f16 read in place (no widened copy), f32 accumulation. Decode is
+// memory-bound, so what matters is streaming each weight byte once at full
+// bandwidth with every thread on its own slice of rows; the arithmetic is
+// widen-and-FMA, exact in f32 whatever the weight type.
+//
+// The AVX-512 versions are compiled with __attribute__((target)) and chosen
+// at run time, so the library needs no -march flag and runs anywhere; the
+// portable loops are the fallback and the reference the tests compare with.
+#pragma once
+
+#include "dsv2/core/dtype.hpp"
+
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define DSV2_X86_KERNELS 1
+#include <immintrin.h>
+#endif
+
+namespace dsv2::cpu_detail {
+
+// Weight element types the kernels read in place.
+template <class T>
+inline constexpr bool gemv_weight_v = std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
+// int8 (quantized weights, core/quantized.hpp) is read by the same kernels;
+// its per-row scales are applied by the caller.
+
+// Portable reference: y[i*ldy + r] = Σ_k x[i*ldx + k] · w[r*ldw + k], rows r in [r0, r1).
+template <class T>
+void gemv_rows_ref(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw, std::int64_t k,
+                   std::int64_t r0, std::int64_t r1, float* y, std::int64_t ldy) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+        const T* wr = w + r * ldw;
+        for (std::int64_t i = 0; i < n; ++i) {
+            const float* xi = x + i * ldx;
+            float acc = 0;
+            for (std::int64_t j = 0; j < k; ++j) acc += xi[j] * convert<float>(wr[j]);
+            y[i * ldy + r] = acc;
+        }
+    }
+}
+
+// Portable reference of the (K, M) layout: y[i*ldy + c] = Σ_k x[i*ldx + k] · w[k*ldw + c], columns c in [c0, c1).
+template <class T>
+void gemv_cols_ref(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw, std::int64_t k,
+                   std::int64_t c0, std::int64_t c1, float* y, std::int64_t ldy) {
+    for (std::int64_t i = 0; i < n; ++i) {
+        float* yi = y + i * ldy;
+        for (std::int64_t c = c0; c < c1; ++c) yi[c] = 0;
+        for (std::int64_t j = 0; j < k; ++j) {
+            const float xv = x[i * ldx + j];
+            const T* wr = w + j * ldw;
+            for (std::int64_t c = c0; c < c1; ++c) yi[c] += xv * convert<float>(wr[c]);
+        }
+    }
+}
+
+#if DSV2_X86_KERNELS
+#define DSV2_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+// The zero-masked ("maskz") forms below are deliberate: GCC 12's plain
+// forms pass an uninitialised source that trips -Wmaybe-uninitialized.
+
+DSV2_AVX512 inline float hsum(__m512 v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    float s = 0;
+    for (float e : t) s += e;
+    return s;
+}
+
+inline bool has_avx512() {
+    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl");
+    return ok;
+}
+
+// 16 weights widened to f32, `mask` selecting the valid lanes of a tail.
+template <class T>
+DSV2_AVX512 inline __m512 load16(const T* p, __mmask16 mask) {
+    if constexpr (std::is_same_v<T, float>) {
+        return _mm512_maskz_loadu_ps(mask, p);
+    } else if constexpr (std::is_same_v<T, std::int8_t>) {
+        return _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, _mm_maskz_loadu_epi8(mask, p)));
+    } else if constexpr (std::is_same_v<T, bf16>) {
+        const __m256i h = _mm256_maskz_loadu_epi16(mask, p);
+        return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16));
+    } else {
+        return _mm512_maskz_cvtph_ps(0xffff, _mm256_maskz_loadu_epi16(mask, p));
+    }
+}
+template <class T>
+DSV2_AVX512 inline __m512 load16(const T* p) {
+    if constexpr (std::is_same_v<T, float>) {
+        return _mm512_loadu_ps(p);
+    } else if constexpr (std::is_same_v<T, std::int8_t>) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, b));
+    } else if constexpr (std::is_same_v<T, bf16>) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, _mm512_maskz_cvtepu16_epi32(0xffff, h), 16));
+    } else {
+        return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+}
+
+// Four weight rows at a time against each activation row: the four rows
+// (4 K elements) stay in L1/L2 while the n activation rows pass over them.
+template <class T>
+DSV2_AVX512 void gemv_rows_avx512(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw,
+                                  std::int64_t k, std::int64_t r0, std::int64_t r1, float* y, std::int64_t ldy) {
+    const std::int64_t kv = k / 16 * 16;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (k - kv)) - 1u);
+    std::int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const T* w0 = w + r * ldw;
+        const T* w1 = w0 + ldw;
+        const T* w2 = w1 + ldw;
+        const T* w3 = w2 + ldw;
+        for (std::int64_t i = 0; i < n; ++i) {
+            const float* xi = x + i * ldx;
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+                   a3 = _mm512_setzero_ps();
+            for (std::int64_t j = 0; j < kv; j += 16) {
+                const __m512 xv = _mm512_loadu_ps(xi + j);
+                a0 = _mm512_fmadd_ps(xv, load16(w0 + j), a0);
+                a1 = _mm512_fmadd_ps(xv, load16(w1 + j), a1);
+                a2 = _mm512_fmadd_ps(xv, load16(w2 + j), a2);
+                a3 = _mm512_fmadd_ps(xv, load16(w3 + j), a3);
+            }
+            if (tail) {
+                const __m512 xv = _mm512_maskz_loadu_ps(tail, xi + kv);
+                a0 = _mm512_fmadd_ps(xv, load16(w0 + kv, tail), a0);
+                a1 = _mm512_fmadd_ps(xv, load16(w1 + kv, tail), a1);
+                a2 = _mm512_fmadd_ps(xv, load16(w2 + kv, tail), a2);
+                a3 = _mm512_fmadd_ps(xv, load16(w3 + kv, tail), a3);
+            }
+            float* yi = y + i * ldy + r;
+            yi[0] = hsum(a0);
+            yi[1] = hsum(a1);
+            yi[2] = hsum(a2);
+            yi[3] = hsum(a3);
+        }
+    }
+    for (; r < r1; ++r) {
+        const T* w0 = w + r * ldw;
+        for (std::int64_t i = 0; i < n; ++i) {
+            const float* xi = x + i * ldx;
+            __m512 a0 = _mm512_setzero_ps();
+            for (std::int64_t j = 0; j < kv; j += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + j), load16(w0 + j), a0);
+            if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xi + kv), load16(w0 + kv, tail), a0);
+            y[i * ldy + r] = hsum(a0);
+        }
+    }
+}
+
+// (K, M) layout: y[c0:c1] = Σ_k x[k] · w[k, c0:c1], 64 columns of
+// accumulators at a time.
+template <class T>
+DSV2_AVX512 void gemv_cols_avx512(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw,
+                                  std::int64_t k, std::int64_t c0, std::int64_t c1, float* y, std::int64_t ldy) {
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float* xi = x + i * ldx;
+        float* yi = y + i * ldy;
+        std::int64_t c = c0;
+        for (; c + 64 <= c1; c += 64) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+                   a3 = _mm512_setzero_ps();
+            for (std::int64_t j = 0; j < k; ++j) {
+                const __m512 xv = _mm512_set1_ps(xi[j]);
+                const T* wr = w + j * ldw + c;
+                a0 = _mm512_fmadd_ps(xv, load16(wr), a0);
+                a1 = _mm512_fmadd_ps(xv, load16(wr + 16), a1);
+                a2 = _mm512_fmadd_ps(xv, load16(wr + 32), a2);
+                a3 = _mm512_fmadd_ps(xv, load16(wr + 48), a3);
+            }
+            _mm512_storeu_ps(yi + c, a0);
+            _mm512_storeu_ps(yi + c + 16, a1);
+            _mm512_storeu_ps(yi + c + 32, a2);
+            _mm512_storeu_ps(yi + c + 48, a3);
+        }
+        for (; c < c1; c += 16) {
+            const __mmask16 m = c + 16 <= c1 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (c1 - c)) - 1u);
+            __m512 a0 = _mm512_setzero_ps();
+            for (std::int64_t j = 0; j < k; ++j)
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[j]), load16(w + j * ldw + c, m), a0);
+            _mm512_mask_storeu_ps(yi + c, m, a0);
+        }
+    }
+}
+#endif  // DSV2_X86_KERNELS
+
+// The dispatching entry points.
+template <class T>
+void gemv_rows(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw, std::int64_t k,
+               std::int64_t r0, std::int64_t r1, float* y, std::int64_t ldy) {
+#if DSV2_X86_KERNELS
+    if (has_avx512()) return gemv_rows_avx512(x, ldx, n, w, ldw, k, r0, r1, y, ldy);
+#endif
+    gemv_rows_ref(x, ldx, n, w, ldw, k, r0, r1, y, ldy);
+}
+template <class T>
+void gemv_cols(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw, std::int64_t k,
+               std::int64_t c0, std::int64_t c1, float* y, std::int64_t ldy) {
+#if DSV2_X86_KERNELS
+    if (has_avx512()) return gemv_cols_avx512(x, ldx, n, w, ldw, k, c0, c1, y, ldy);
+#endif
+    gemv_cols_ref(x, ldx, n, w, ldw, k, c0, c1, y, ldy);
+}
+
+}  // namespace dsv2::cpu_detail

@@ -1,0 +1,116 @@
+// Matrix products on the GPU through cuBLAS, in the CPU backend's row-major
+// terms. cuBLAS is column-major, so a row-major (R, C) matrix with leading
+// dimension ld is its column-major transpose; y = x wᵀ becomes
+// yᵀ = w xᵀ, i.e. gemm(op(w) = T, op(x) = N).
+//
+// f32 and f64 weights: SGEMM / DGEMM on the activations in place (no TF32).
+// bf16 and f16 weights: the activations are rounded to the weight type into
+// the context's scratch, then cublasGemmEx with f32 accumulation and f32
+// output (tensor cores). That rounding is the one numerical difference from
+// the CPU, which widens the weights instead; parity tests bound it per dtype.
+#pragma once
+#if !defined(__CUDACC__)
+#error "include <dsv2/cuda.cuh> from a .cu file compiled by nvcc"
+#endif
+
+#include "dsv2/backend/cuda/context.cuh"
+
+namespace dsv2 {
+namespace cuda_detail {
+
+template <class T>
+constexpr cudaDataType_t cuda_type() {
+    if constexpr (std::is_same_v<T, bf16>) return CUDA_R_16BF;
+    else if constexpr (std::is_same_v<T, f16>) return CUDA_R_16F;
+    else if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+    else return CUDA_R_64F;
+}
+
+// Leading dimension of a row-major matrix view as cuBLAS wants it (>= cols, >= 1).
+template <class V>
+long long leading(const V& v) {
+    const std::int64_t cols = std::max<std::int64_t>(v.shape[1], 1);
+    return static_cast<long long>(v.shape[0] <= 1 ? cols : std::max(v.stride[0], cols));
+}
+
+// dst (N, K) contiguous = src (N, K) strided, converted to T.
+template <class T, class A>
+__global__ void round_rows_kernel(const A* src, std::int64_t lds, std::int64_t n, std::int64_t k, T* dst) {
+    const std::int64_t total = n * k;
+    for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < total;
+         e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+        const std::int64_t i = e / k, j = e % k;
+        store(dst + e, src[i * lds + j]);
+    }
+}
+
+inline void check_product(std::string_view op, std::int64_t xn, std::int64_t xk, std::int64_t wk, std::int64_t yn,
+                          std::int64_t ym, std::int64_t wm, bool rows_ok) {
+    DSV2_CHECK(xk == wk && xn == yn && ym == wm, ShapeError,
+               "{}: x is ({}, {}), weight gives ({} -> {}), y is ({}, {})", op, xn, xk, wk, wm, yn, ym);
+    DSV2_CHECK(rows_ok, ShapeError, "{}: every operand needs unit stride along its rows", op);
+}
+
+// Column-major C(m, n) = op(A)(m, k) · op(B)(k, n), A in the weight type T,
+// B and C in the arithmetic type A.
+template <class A, class T>
+void gemm(Context<cuda>& ctx, cublasOperation_t op_a, std::int64_t m, std::int64_t n, std::int64_t k, const T* a,
+          long long lda, const A* b, long long ldb, A* c, long long ldc) {
+    const int im = static_cast<int>(m), in = static_cast<int>(n), ik = static_cast<int>(k);
+    DSV2_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, Unsupported, "[cuda] gemm ({}, {}, {}) too large",
+               m, n, k);
+    if constexpr (std::is_same_v<T, A> && std::is_same_v<A, float>) {
+        const float one = 1.f, zero = 0.f;
+        DSV2_CUBLAS_CHECK(cublasSgemm(ctx.blas, op_a, CUBLAS_OP_N, im, in, ik, &one, a, static_cast<int>(lda), b,
+                                      static_cast<int>(ldb), &zero, c, static_cast<int>(ldc)));
+    } else if constexpr (std::is_same_v<T, A> && std::is_same_v<A, double>) {
+        const double one = 1.0, zero = 0.0;
+        DSV2_CUBLAS_CHECK(cublasDgemm(ctx.blas, op_a, CUBLAS_OP_N, im, in, ik, &one, a, static_cast<int>(lda), b,
+                                      static_cast<int>(ldb), &zero, c, static_cast<int>(ldc)));
+    } else {
+        static_assert(std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>),
+                      "dsv2 cuda: 16-bit weights take f32 activations; f32 and f64 weights their own type");
+        // Round the activations (k x n column-major, i.e. n rows of k) to T.
+        T* b16 = static_cast<T*>(ctx.scratch(static_cast<std::size_t>(n * k) * sizeof(T)));
+        round_rows_kernel<<<blocks_for(n * k, 256), 256, 0, ctx.stream>>>(b, ldb, n, k, b16);
+        DSV2_CUDA_LAUNCHED();
+        const float one = 1.f, zero = 0.f;
+        DSV2_CUBLAS_CHECK(cublasGemmEx(ctx.blas, op_a, CUBLAS_OP_N, im, in, ik, &one, a, cuda_type<T>(),
+                                       static_cast<int>(lda), b16, cuda_type<T>(), ik, &zero, c, CUDA_R_32F,
+                                       static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+}  // namespace cuda_detail
+
+// y = x wᵀ, the Hugging Face `nn.Linear` layout.
+template <class A, class T>
+void linear(Context<cuda>& ctx,
+            std::type_identity_t<View<const A, cuda, 2>> x,  // (N, K)
+            View<const T, cuda, 2> w,                        // (M, K)
+            View<A, cuda, 2> y)                              // (N, M)
+{
+    using namespace cuda_detail;
+    const std::int64_t n = x.shape[0], k = x.shape[1], m = w.shape[0];
+    check_product("linear", n, k, w.shape[1], y.shape[0], y.shape[1], m,
+                  x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
+    if (n == 0 || m == 0) return;
+    gemm<A, T>(ctx, CUBLAS_OP_T, m, n, k, w.data, leading(w), x.data, leading(x), y.data, leading(y));
+}
+
+// y = x w, for weights stored (K, M).
+template <class A, class T>
+void matmul(Context<cuda>& ctx,
+            std::type_identity_t<View<const A, cuda, 2>> x,  // (N, K)
+            View<const T, cuda, 2> w,                        // (K, M)
+            View<A, cuda, 2> y)                              // (N, M)
+{
+    using namespace cuda_detail;
+    const std::int64_t n = x.shape[0], k = x.shape[1], m = w.shape[1];
+    check_product("matmul", n, k, w.shape[0], y.shape[0], y.shape[1], m,
+                  x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
+    if (n == 0 || m == 0) return;
+    gemm<A, T>(ctx, CUBLAS_OP_N, m, n, k, w.data, leading(w), x.data, leading(x), y.data, leading(y));
+}
+
+}  // namespace dsv2

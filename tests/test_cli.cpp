@@ -1,0 +1,121 @@
+// The `dsv2` command as a user runs it: `logits` on a checkpoint written by
+// the reference must match the reference's logits (f32: max abs error within
+// 1e-4 of the largest logit), and `generate --tokens` must reproduce the
+// reference's greedy ids. Bad arguments exit non-zero with a clear message.
+#include <catch2/catch.hpp>
+
+#include "fixtures.hpp"
+#include "temp_dir.hpp"
+
+#include <array>
+#include <cstdio>
+#include <sstream>
+
+using namespace dsv2;
+using namespace dsv2::test;
+
+namespace {
+
+struct Run {
+    int status = -1;
+    std::string output;  // stdout and stderr together
+};
+
+Run run(const std::string& args) {
+    const std::string cmd = std::string(DSV2_CLI_PATH) + " " + args + " 2>&1";
+    Run r;
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    REQUIRE(pipe != nullptr);
+    std::array<char, 4096> buf{};
+    std::size_t n = 0;
+    while ((n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+    const int st = ::pclose(pipe);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    INFO("command: " << cmd << "\noutput:\n" << r.output);
+    return r;
+}
+
+std::string ids_csv(const std::vector<std::int32_t>& ids) {
+    std::ostringstream s;
+    for (std::size_t i = 0; i < ids.size(); ++i) s << (i ? "," : "") << ids[i];
+    return s.str();
+}
+
+// The first prompt of a case (sequences are independent, so its logits are
+// the first rows of the batch's golden logits).
+std::vector<std::int32_t> first_prompt(const Case& c) {
+    const auto tokens = c.tokens();
+    return {tokens.begin(), tokens.begin() + c.seq_lens()[0]};
+}
+
+}  // namespace
+
+TEST_CASE("dsv2 logits matches the reference's logits", "[cli]") {
+    const TempDir tmp;
+    for (const std::string name : {"tiny_v2", "tiny_lite", "tiny_plain", "tiny_v2_bf16"}) {
+        const Case c(name);
+        const auto prompt = first_prompt(c);
+        const auto out = tmp.path() / (name + ".npy");
+        const Run r = run("logits --model " + c.dir.string() + " --tokens " + ids_csv(prompt) + " --out " + out.string() +
+                          " --dtype f32 --threads 2");
+        REQUIRE(r.status == 0);
+        const auto got = read_npy(out);
+        CHECK(got.descr == "<f4");
+        REQUIRE(got.shape == std::vector<std::int64_t>{std::ssize(prompt), c.config.vocab_size});
+        const auto actual = got.as<double>();
+        const auto expected = c.f64("logits");
+        double largest = 0, worst = 0;
+        for (std::size_t i = 0; i < actual.size(); ++i) {
+            largest = std::max(largest, std::abs(expected[i]));
+            worst = std::max(worst, std::abs(actual[i] - expected[i]));
+        }
+        INFO(name << ": max abs error " << worst << ", largest logit " << largest);
+        CHECK(worst <= 1e-4 * largest);
+    }
+}
+
+TEST_CASE("dsv2 generate --tokens reproduces the reference's greedy ids", "[cli]") {
+    for (const std::string name : {"tiny_v2", "tiny_lite", "tiny_plain"}) {
+        const Case c(name);
+        const auto expected = c.i64("greedy.ids");
+        const std::int64_t steps = c.shape("greedy.ids")[1];
+        const Run r = run("generate --model " + c.dir.string() + " --tokens " + ids_csv(first_prompt(c)) +
+                          " --max-new-tokens " + std::to_string(steps));
+        REQUIRE(r.status == 0);
+        std::vector<std::int32_t> want(expected.begin(), expected.begin() + steps);
+        INFO(r.output);
+        CHECK(r.output.find("ids: " + ids_csv(want) + "\n") != std::string::npos);
+        CHECK(r.output.find("decode") != std::string::npos);  // the speed summary
+    }
+}
+
+TEST_CASE("dsv2 info summarises the config", "[cli]") {
+    const Run r = run("info --model " + (data_dir() / "tiny_v2").string());
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.output, Catch::Contains("MLA (20 + 8)"));
+    CHECK_THAT(r.output, Catch::Contains("group_limited_greedy"));
+}
+
+TEST_CASE("dsv2 reports bad input clearly and exits non-zero", "[cli]") {
+    const std::string model = " --model " + (data_dir() / "tiny_v2").string();
+    const TempDir tmp;
+    const std::string out = " --out " + (tmp.path() / "x.npy").string();
+    struct Bad {
+        std::string args, message;
+    };
+    const Bad cases[] = {
+        {"logits" + model + " --tokens 1,2,97" + out, "outside the vocabulary"},
+        {"logits" + model + " --tokens 1,x" + out, "'x' is not a token id"},
+        {"logits --model /nonexistent --tokens 1" + out, "/nonexistent/config.json"},
+        {"logits" + model + " --tokens 1 --dtype f8" + out, "--dtype f8"},
+        {"logits" + model + " --tokens 1 --backend tpu" + out, "--backend tpu"},
+        {"generate" + model + " --prompt hello", "tokenizer is not supported"},
+        {"generate" + model + " --tokens 1 --top-p 0", "top_p"},
+    };
+    for (const auto& b : cases) {
+        const Run r = run(b.args);
+        INFO(b.args << "\n" << r.output);
+        CHECK(r.status != 0);
+        CHECK_THAT(r.output, Catch::Contains(b.message));
+    }
+}

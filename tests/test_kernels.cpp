@@ -1,0 +1,137 @@
+// The CPU speed kernels against simple loops: the matrix-vector kernels
+// (gemv.hpp) in every weight type and awkward shapes, linear/matmul through
+// the GEMV path against the same products through the GEMM path, and
+// split-context attention (flash_decode.hpp) against one-thread attention.
+#include <catch2/catch.hpp>
+#include <dsv2/dsv2.hpp>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+using dsv2::cpu;
+
+namespace {
+
+template <class T>
+std::vector<T> random_values(std::size_t n, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<T> v(n);
+    for (auto& e : v) e = dsv2::convert<T>(d(rng));
+    return v;
+}
+
+// |a - e| <= tol * (1 + |e|), elementwise; reports the worst.
+void require_close(const std::vector<float>& a, const std::vector<double>& e, double tol) {
+    REQUIRE(a.size() == e.size());
+    double worst = 0;
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        REQUIRE(std::isfinite(a[i]));
+        const double err = std::abs(a[i] - e[i]) / (1 + std::abs(e[i]));
+        if (err > worst) worst = err, at = i;
+    }
+    INFO("worst relative error " << worst << " at " << at << " of " << a.size());
+    REQUIRE(worst <= tol);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("GEMV kernels match a double loop on awkward shapes", "[kernels]", float, dsv2::bf16, dsv2::f16) {
+    using T = TestType;
+    for (std::int64_t k : {1, 15, 16, 17, 33, 300}) {
+        for (std::int64_t rows : {1, 3, 4, 9, 70}) {
+            for (std::int64_t n : {1, 2, 4}) {
+                INFO("k " << k << ", rows " << rows << ", n " << n);
+                const auto x = random_values<float>(static_cast<std::size_t>(n * k), 1);
+                const auto w = random_values<T>(static_cast<std::size_t>(rows * k), 2);
+                // (M, K) layout into an output with a NaN guard column.
+                const std::int64_t ldy = rows + 1;
+                std::vector<float> y(static_cast<std::size_t>(n * ldy), std::nanf(""));
+                dsv2::cpu_detail::gemv_rows(x.data(), k, n, w.data(), k, k, 0, rows, y.data(), ldy);
+                std::vector<float> got;
+                std::vector<double> want;
+                for (std::int64_t i = 0; i < n; ++i) {
+                    REQUIRE(std::isnan(y[static_cast<std::size_t>(i * ldy + rows)]));
+                    for (std::int64_t r = 0; r < rows; ++r) {
+                        double acc = 0;
+                        for (std::int64_t j = 0; j < k; ++j)
+                            acc += double(x[i * k + j]) * dsv2::convert<double>(w[r * k + j]);
+                        got.push_back(y[static_cast<std::size_t>(i * ldy + r)]);
+                        want.push_back(acc);
+                    }
+                }
+                require_close(got, want, 1e-4 * std::sqrt(double(k)));
+                // (K, M) layout: the same numbers read as w^T of shape (k=rows, m=k).
+                std::vector<float> yc(static_cast<std::size_t>(n * k), std::nanf(""));
+                const auto xc = random_values<float>(static_cast<std::size_t>(n * rows), 3);
+                dsv2::cpu_detail::gemv_cols(xc.data(), rows, n, w.data(), k, rows, 0, k, yc.data(), k);
+                want.clear();
+                for (std::int64_t i = 0; i < n; ++i)
+                    for (std::int64_t c = 0; c < k; ++c) {
+                        double acc = 0;
+                        for (std::int64_t j = 0; j < rows; ++j)
+                            acc += double(xc[i * rows + j]) * dsv2::convert<double>(w[j * k + c]);
+                        want.push_back(acc);
+                    }
+                require_close(yc, want, 1e-4 * std::sqrt(double(rows)));
+            }
+        }
+    }
+}
+
+TEMPLATE_TEST_CASE("linear and matmul give the same rows on the GEMV and GEMM paths", "[kernels]", float, dsv2::bf16,
+                   dsv2::f16) {
+    using T = TestType;
+    dsv2::Context<cpu> ctx(2);
+    const std::int64_t n = 7, k = 301, m = 515;  // rows 0..3 also go through the GEMV path alone
+    const auto xv = random_values<float>(static_cast<std::size_t>(n * k), 4);
+    const auto wv = random_values<T>(static_cast<std::size_t>(m * k), 5);
+    dsv2::Tensor<float, cpu, 2> x({n, k}), y_all({n, m}), y_few({4, m});
+    dsv2::Tensor<T, cpu, 2> w({m, k});
+    std::copy(xv.begin(), xv.end(), x.data());
+    std::copy(wv.begin(), wv.end(), w.data());
+    dsv2::linear(ctx, x.cview(), w.cview(), y_all.view());                  // GEMM path (n > 4)
+    dsv2::linear(ctx, x.cview().rows(0, 4), w.cview(), y_few.view());       // GEMV path
+    std::vector<float> got(y_few.data(), y_few.data() + 4 * m);
+    std::vector<double> want(y_all.data(), y_all.data() + 4 * m);
+    require_close(got, want, 1e-4);
+
+    // matmul: the same weights read as (K=m, M=k)... use a (k, m) weight instead.
+    dsv2::Tensor<T, cpu, 2> wt({k, m});
+    std::copy(wv.begin(), wv.end(), wt.data());
+    dsv2::Tensor<float, cpu, 2> z_all({n, m}), z_few({4, m});
+    dsv2::matmul(ctx, x.cview(), wt.cview(), z_all.view());
+    dsv2::matmul(ctx, x.cview().rows(0, 4), wt.cview(), z_few.view());
+    std::vector<float> got2(z_few.data(), z_few.data() + 4 * m);
+    std::vector<double> want2(z_all.data(), z_all.data() + 4 * m);
+    require_close(got2, want2, 1e-4);
+}
+
+TEMPLATE_TEST_CASE("split-context decode attention equals one-thread attention", "[kernels]", float, double) {
+    using A = TestType;
+    for (std::int64_t s_len : {512, 513, 2049}) {
+        for (std::int64_t n : {1, 2}) {
+            INFO("context " << s_len << ", queries " << n);
+            const std::int64_t heads = 4, dk = 40, dv = 24;
+            const auto qv = random_values<A>(static_cast<std::size_t>(n * heads * dk), 6);
+            const auto kv = random_values<A>(static_cast<std::size_t>(s_len * dk), 7);
+            const auto vv = random_values<A>(static_cast<std::size_t>(s_len * dv), 8);
+            const dsv2::View<const A, cpu, 3> q(qv.data(), {n, heads, dk});
+            const dsv2::View<const A, cpu, 3> k(kv.data(), {s_len, 1, dk});
+            const dsv2::View<const A, cpu, 3> v(vv.data(), {s_len, 1, dv});
+            dsv2::Tensor<A, cpu, 3> one({n, heads, dv}), split({n, heads, dv});
+            dsv2::Context<cpu> ctx1(1), ctx4(4);
+            dsv2::attention(ctx1, q, k, v, s_len - n, 0.2, one.view());
+            dsv2::attention(ctx4, q, k, v, s_len - n, 0.2, split.view());
+            std::vector<float> got;
+            std::vector<double> want;
+            for (std::int64_t i = 0; i < one.numel(); ++i) {
+                got.push_back(static_cast<float>(split.data()[i]));
+                want.push_back(static_cast<double>(one.data()[i]));
+            }
+            require_close(got, want, 1e-5);
+        }
+    }
+}

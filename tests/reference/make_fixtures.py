@@ -196,27 +196,8 @@ def read_safetensors(path):
 
 
 def write_safetensors(path, tensors):
-    """tensors: dict name -> float32 numpy array. Hand-written format:
-    u64 LE header length, JSON header (space padded to 8), packed data in
-    sorted name order."""
-    header = {}
-    blobs = []
-    offset = 0
-    for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name], dtype="<f4")
-        b = a.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape),
-                        "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    header["__metadata__"] = {"format": "pt"}
-    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hj += b" " * ((-len(hj)) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hj)))
-        f.write(hj)
-        for b in blobs:
-            f.write(b)
+    """tensors: dict name -> float32 numpy array, stored as F32."""
+    write_safetensors_raw(path, {k: np.ascontiguousarray(v, dtype="<f4") for k, v in tensors.items()}, "F32")
 
 
 # --------------------------------------------------------------------------
@@ -491,7 +472,9 @@ def write_storage_variants(root, name="tiny_v2"):
 
 
 def write_safetensors_raw(path, arrays, dtype):
-    """arrays: dict name -> numpy array already holding the on-disk bits."""
+    """arrays: dict name -> numpy array already holding the on-disk bits of
+    `dtype`. Hand-written format: u64 LE header length, JSON header (space
+    padded to 8), packed data in sorted name order."""
     header, blobs, offset = {}, [], 0
     for name in sorted(arrays):
         b = np.ascontiguousarray(arrays[name]).tobytes()

@@ -186,6 +186,7 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
         });
         fmt::print("\n");
         if (!g.tokens.empty()) fmt::print("ids: {}\n", fmt::join(result.tokens[0], ","));
+        std::fflush(stdout);  // the summary goes to stderr: keep it after the text
         auto rate = [](std::int64_t n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
         fmt::print(stderr, "prefill {} tokens at {:.1f} tok/s; decode {} tokens at {:.1f} tok/s; cache {} ({} per token)\n",
                    result.prefill_tokens, rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,

@@ -34,13 +34,7 @@ void check_prefill_and_greedy(const std::string& case_name) {
     const auto expected = c.i64("greedy.ids");
     const std::int64_t steps = c.shape("greedy.ids")[1];
     auto s2 = model.new_session(ctx, 256, 4, 8);
-    std::vector<std::vector<std::int32_t>> prompts;
-    offset = 0;
-    for (auto len : lens) {
-        prompts.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(offset),
-                             tokens.begin() + static_cast<std::ptrdiff_t>(offset + static_cast<std::size_t>(len)));
-        offset += static_cast<std::size_t>(len);
-    }
+    const auto prompts = c.prompts();
     GenerateOptions opt;
     opt.max_new_tokens = steps;
     const auto result = generate(ctx, model, s2, prompts, opt);

@@ -17,19 +17,6 @@ namespace {
 
 const std::vector<std::string> kCases = {"tiny_v2", "tiny_lite", "tiny_plain"};
 
-// The case's prompts, split by seq_lens.
-std::vector<std::vector<std::int32_t>> prompts(const Case& c) {
-    const auto tokens = c.tokens();
-    std::vector<std::vector<std::int32_t>> out;
-    std::size_t at = 0;
-    for (auto len : c.seq_lens()) {
-        out.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(at),
-                         tokens.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(len)));
-        at += static_cast<std::size_t>(len);
-    }
-    return out;
-}
-
 // A session where every prompt can grow to max_position_embeddings, in
 // pages of 8 so that the longer prompts span several.
 template <class T>
@@ -73,7 +60,7 @@ TEMPLATE_TEST_CASE("Model prefill of all prompts in one step matches the referen
     for (const auto& name : kCases) {
         const Case c(name);
         const auto model = load_model<TestType, cpu>(ctx, c.dir);
-        const auto toks = prompts(c);
+        const auto toks = c.prompts();
         auto session = session_for(ctx, model, std::ssize(toks));
         const auto ids = add_sequences(session, toks.size());
         const auto batch = batch_of(ids, toks);
@@ -126,7 +113,7 @@ TEMPLATE_TEST_CASE("Greedy decode step by step matches the reference decode logi
     for (const auto& name : kCases) {
         const Case c(name);
         const auto model = load_model<TestType, cpu>(ctx, c.dir);
-        const auto toks = prompts(c);
+        const auto toks = c.prompts();
         const std::int64_t b = std::ssize(toks), v = c.config.vocab_size;
         const auto steps = c.meta.at("decode_steps").get<std::int64_t>();
         const auto golden = c.f64("decode.logits");  // (steps, B, V)
@@ -181,7 +168,7 @@ TEMPLATE_TEST_CASE("Decoding a whole prompt one token per step equals one prefil
     for (const auto& name : kCases) {
         const Case c(name);
         const auto model = load_model<TestType, cpu>(ctx, c.dir);
-        const auto toks = prompts(c);
+        const auto toks = c.prompts();
         const std::int64_t b = std::ssize(toks), v = c.config.vocab_size;
 
         auto whole = session_for(ctx, model, b);
@@ -222,7 +209,7 @@ TEMPLATE_TEST_CASE("The naive attention path gives the same model logits as the 
     for (const auto& name : kCases) {
         const Case c(name);
         auto model = load_model<TestType, cpu>(ctx, c.dir);
-        const auto toks = prompts(c);
+        const auto toks = c.prompts();
         const std::int64_t b = std::ssize(toks), v = c.config.vocab_size;
         std::vector<std::vector<double>> out;
         for (auto path : {AttentionPath::absorbed, AttentionPath::naive}) {
@@ -244,7 +231,7 @@ TEMPLATE_TEST_CASE("A freed sequence's pages are reused without leaking its old 
     CpuCtx ctx;
     const Case c("tiny_v2");
     const auto model = load_model<TestType, cpu>(ctx, c.dir);
-    const auto toks = prompts(c);  // lengths 19, 1, 37
+    const auto toks = c.prompts();  // lengths 19, 1, 37
     const std::int64_t v = c.config.vocab_size;
     auto session = session_for(ctx, model, std::ssize(toks));
     const auto ids = add_sequences(session, toks.size());
@@ -265,7 +252,7 @@ TEMPLATE_TEST_CASE("Model::forward rejects bad batches with a clear message and 
     CpuCtx ctx;
     const Case c("tiny_v2");  // vocab 97, max_position_embeddings 64, prompts 19, 1, 37
     const auto model = load_model<TestType, cpu>(ctx, c.dir);
-    const auto toks = prompts(c);
+    const auto toks = c.prompts();
     const std::int64_t b = std::ssize(toks), v = c.config.vocab_size,
                        steps = c.meta.at("decode_steps").get<std::int64_t>();
     // Exactly 12 pages of 8: the prompts take 3 + 1 + 5 = 9, leaving 3.

@@ -21,18 +21,6 @@ namespace {
 
 const std::vector<std::string> kGqaCases = {"variants/mha", "variants/gqa", "variants/mqa"};
 
-std::vector<std::vector<std::int32_t>> prompts(const Case& c) {
-    const auto tokens = c.tokens();
-    std::vector<std::vector<std::int32_t>> out;
-    std::size_t at = 0;
-    for (auto len : c.seq_lens()) {
-        out.emplace_back(tokens.begin() + static_cast<std::ptrdiff_t>(at),
-                         tokens.begin() + static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(len)));
-        at += static_cast<std::size_t>(len);
-    }
-    return out;
-}
-
 template <class T>
 GQA<T, cpu> load_gqa(CpuCtx& ctx, const Case& c, std::int64_t layer) {
     GQA<T, cpu> attn(c.config);
@@ -236,7 +224,7 @@ TEMPLATE_TEST_CASE("Models with MHA, GQA and MQA attention match the reference p
         const Case c(name);
         Model<TestType, cpu, GQA<TestType, cpu>> model(ctx, c.config);
         load_weights(ctx, model, c.checkpoint());
-        const auto toks = prompts(c);
+        const auto toks = c.prompts();
         const std::int64_t b = std::ssize(toks), v = c.config.vocab_size;
         auto session = model.new_session(ctx, b * c.config.max_position_embeddings, b, 4);
         std::vector<std::int64_t> ids;
@@ -292,7 +280,7 @@ TEST_CASE("Greedy generation of a GQA-family model reproduces the reference toke
                 auto session = model.new_session(ctx, 3 * c.config.max_position_embeddings, 3, 4);
                 GenerateOptions opt;
                 opt.max_new_tokens = c.meta.at("decode_steps").get<std::int64_t>();
-                const auto r = generate(ctx, model, session, prompts(c), opt);
+                const auto r = generate(ctx, model, session, c.prompts(), opt);
                 const auto greedy = c.i64("greedy.ids");
                 std::vector<std::int64_t> got;
                 for (const auto& t : r.tokens) got.insert(got.end(), t.begin(), t.end());
@@ -312,7 +300,7 @@ TEST_CASE("The MLA model chosen at run time matches the reference, absorbed and 
     REQUIRE(any.index() == 0);
     auto& model = std::get<0>(any);
     load_weights(ctx, model, c.checkpoint());
-    const auto toks = prompts(c);
+    const auto toks = c.prompts();
     for (auto path : {AttentionPath::absorbed, AttentionPath::naive}) {
         model.set_attention_path(path);
         auto session = model.new_session(ctx, 256, 4, 8);
@@ -391,7 +379,7 @@ TEST_CASE("A user-defined attention type runs in DecoderLayer and Model without 
     load_weights(ctx, custom, c.checkpoint());
     auto session = custom.new_session(ctx, 64, 3, 4);
     std::vector<SequenceTokens> batch;
-    const auto toks = prompts(c);
+    const auto toks = c.prompts();
     for (const auto& t : toks) batch.push_back({session.cache.add_sequence(), t});
     const auto logits = custom.forward(ctx, session, batch, Logits::all);
     compare_view<double>("logits (custom attention)", logits, c, "logits");

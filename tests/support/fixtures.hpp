@@ -45,6 +45,18 @@ struct Case {
         auto t = i64("tokens");
         return {t.begin(), t.end()};
     }
+    // The batch's prompts, tokens split by seq_lens.
+    std::vector<std::vector<std::int32_t>> prompts() const {
+        const auto all = tokens();
+        std::vector<std::vector<std::int32_t>> out;
+        std::size_t at = 0;
+        for (auto len : seq_lens()) {
+            const auto end = at + static_cast<std::size_t>(len);
+            out.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(at), all.begin() + static_cast<std::ptrdiff_t>(end));
+            at = end;
+        }
+        return out;
+    }
 
 private:
     mutable std::shared_ptr<Checkpoint> ckpt_;

@@ -1,11 +1,15 @@
 // The CPU speed kernels against simple loops: the matrix-vector kernels
 // (gemv.hpp) in every weight type and awkward shapes, linear/matmul through
 // the GEMV path against the same products through the GEMM path, and
-// split-context attention (flash_decode.hpp) against one-thread attention.
+// split-context attention (flash_decode.hpp) against one-thread attention,
+// grouped products against one at a time, and the paged MLA decode kernel
+// against a double softmax over the rows in block-table order.
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -134,4 +138,111 @@ TEMPLATE_TEST_CASE("split-context decode attention equals one-thread attention",
             require_close(got, want, 1e-5);
         }
     }
+}
+
+TEMPLATE_TEST_CASE("grouped products equal one product at a time, split over threads anywhere", "[kernels]", float,
+                   dsv2::bf16) {
+    using T = TestType;
+    using W = dsv2::View<const T, cpu, 2>;
+    // Products of very different sizes, so the thread boundaries land inside
+    // products, between them, and on a product of fewer rows than the align.
+    const std::vector<std::array<std::int64_t, 3>> shapes{{1, 301, 515}, {3, 64, 2}, {2, 1000, 1029}, {1, 17, 3}};
+    for (int threads : {1, 2, 3}) {
+        INFO(threads << " threads");
+        dsv2::Context<cpu> ctx(threads);
+        std::vector<dsv2::Tensor<float, cpu, 2>> xs, ys, zs, ys_one, zs_one;
+        std::vector<dsv2::Tensor<T, cpu, 2>> ws, wts;
+        std::vector<dsv2::Product<float, W, cpu>> lin, mm;
+        std::uint32_t seed = 10;
+        for (const auto& [n, k, m] : shapes) {
+            auto& x = xs.emplace_back(std::array{n, k});
+            auto& w = ws.emplace_back(std::array{m, k});
+            auto& wt = wts.emplace_back(std::array{k, m});
+            const auto xv = random_values<float>(static_cast<std::size_t>(n * k), seed++);
+            const auto wv = random_values<T>(static_cast<std::size_t>(m * k), seed++);
+            std::copy(xv.begin(), xv.end(), x.data());
+            std::copy(wv.begin(), wv.end(), w.data());
+            std::copy(wv.begin(), wv.end(), wt.data());
+            ys.emplace_back(std::array{n, m});
+            zs.emplace_back(std::array{n, m});
+            ys_one.emplace_back(std::array{n, m});
+            zs_one.emplace_back(std::array{n, m});
+        }
+        for (std::size_t j = 0; j < shapes.size(); ++j) {
+            lin.push_back({xs[j].cview(), ws[j].cview(), ys[j].view()});
+            mm.push_back({xs[j].cview(), wts[j].cview(), zs[j].view()});
+            dsv2::Context<cpu> one(1);
+            dsv2::linear(one, xs[j].cview(), ws[j].cview(), ys_one[j].view());
+            dsv2::matmul(one, xs[j].cview(), wts[j].cview(), zs_one[j].view());
+        }
+        dsv2::linear_group(ctx, lin);
+        dsv2::matmul_group(ctx, mm);
+        for (std::size_t j = 0; j < shapes.size(); ++j) {
+            INFO("product " << j);
+            // The same kernels over the same rows: equal to the bit.
+            REQUIRE(std::equal(ys[j].data(), ys[j].data() + ys[j].numel(), ys_one[j].data()));
+            REQUIRE(std::equal(zs[j].data(), zs[j].data() + zs[j].numel(), zs_one[j].data()));
+        }
+    }
+}
+
+TEMPLATE_TEST_CASE("paged MLA decode equals attention over the gathered rows", "[kernels]", float, dsv2::bf16) {
+    using T = TestType;
+    const std::int64_t heads = 3, rank = 24, rope = 8, w = rank + rope;
+    for (std::int64_t page : {16, 64}) {
+        for (std::int64_t len : {1, 5, 16, 17, 64, 65, 300, 1500}) {
+            for (int threads : {1, 2}) {
+                INFO("page " << page << ", context " << len << ", " << threads << " threads");
+                const std::int64_t blocks = (len + page - 1) / page, n_pages = blocks + 3;
+                // Pages in a scrambled order, so the block table matters.
+                std::vector<std::int32_t> table(static_cast<std::size_t>(n_pages));
+                std::iota(table.begin(), table.end(), 0);
+                std::shuffle(table.begin(), table.end(), std::mt19937(static_cast<std::uint32_t>(len)));
+                table.resize(static_cast<std::size_t>(blocks));
+                const auto pv = random_values<T>(static_cast<std::size_t>(n_pages * page * w), 20);
+                const auto qv = random_values<float>(static_cast<std::size_t>(heads * w), 21);
+                const dsv2::View<const T, cpu, 3> pages(pv.data(), {n_pages, page, w});
+                const dsv2::View<const float, cpu, 3> q(qv.data(), {1, heads, w});
+                const dsv2::View<const std::int32_t, cpu, 2> tables(table.data(), {1, blocks});
+                dsv2::Context<cpu> ctx(threads);
+                dsv2::Tensor<float, cpu, 3> got({1, heads, rank});
+                dsv2::mla_decode(ctx, q, pages, tables, {len}, 0.3, got.view());
+
+                // The reference: the rows in order, softmax in double.
+                std::vector<double> want;
+                for (std::int64_t h = 0; h < heads; ++h) {
+                    std::vector<double> s(static_cast<std::size_t>(len));
+                    double mx = -1e300;
+                    for (std::int64_t j = 0; j < len; ++j) {
+                        const T* row = pv.data() + (table[j / page] * page + j % page) * w;
+                        double dot = 0;
+                        for (std::int64_t c = 0; c < w; ++c) dot += double(qv[h * w + c]) * dsv2::convert<double>(row[c]);
+                        s[j] = 0.3 * dot;
+                        mx = std::max(mx, s[j]);
+                    }
+                    double den = 0;
+                    for (auto& e : s) den += (e = std::exp(e - mx));
+                    for (std::int64_t c = 0; c < rank; ++c) {
+                        double acc = 0;
+                        for (std::int64_t j = 0; j < len; ++j)
+                            acc += s[j] * dsv2::convert<double>(pv[(table[j / page] * page + j % page) * w + c]);
+                        want.push_back(acc / den);
+                    }
+                }
+                require_close(std::vector<float>(got.data(), got.data() + got.numel()), want, 2e-5);
+            }
+        }
+    }
+}
+
+TEST_CASE("paged MLA decode rejects a block table entry outside the cache", "[kernels]") {
+    std::vector<float> pv(2 * 4 * 6, 0.5f), qv(6, 1.0f);
+    std::vector<std::int32_t> table{0, 2};  // page 2 of 2
+    dsv2::Context<cpu> ctx(1);
+    dsv2::Tensor<float, cpu, 3> out({1, 1, 4});
+    REQUIRE_THROWS_WITH(dsv2::mla_decode(ctx, dsv2::View<const float, cpu, 3>(qv.data(), {1, 1, 6}),
+                                         dsv2::View<const float, cpu, 3>(pv.data(), {2, 4, 6}),
+                                         dsv2::View<const std::int32_t, cpu, 2>(table.data(), {1, 2}), {6}, 1.0,
+                                         out.view()),
+                        Catch::Contains("block table entry 1 is page 2"));
 }

@@ -3,6 +3,7 @@
 // Memory<B> and Context<B> and overloads these primitives (docs/backends.md).
 #pragma once
 
+#include "dsv2/backend/product.hpp"
 #include "dsv2/backend/tags.hpp"
 #include "dsv2/core/tensor.hpp"
 
@@ -24,6 +25,8 @@ concept Backend = requires { Memory<B>::host_accessible; } &&
              std::vector<std::int64_t>& offsets, const std::int32_t* host_ids, std::int32_t* dev_ids) {
         linear(ctx, x, w, y);                      // y = x w^T
         matmul(ctx, x, w, y);                      // y = x w
+        linear_group(ctx, std::vector<Product<float, View<const float, B, 2>, B>>{});
+        matmul_group(ctx, std::vector<Product<float, View<const float, B, 2>, B>>{});
         rms_norm(ctx, x, w1, 1e-6, y);
         silu_mul(ctx, x, x, y);
         add_inplace(ctx, y, x);

@@ -16,6 +16,8 @@
 #include "dsv2/layers/rotary.hpp"
 #include "dsv2/layers/step.hpp"
 
+#include <vector>
+
 namespace dsv2 {
 
 enum class AttentionPath { absorbed, naive };
@@ -61,6 +63,8 @@ struct MLA {
         o_proj = Tensor<T, B, 2>({d, heads * vdim});
     }
 
+    using WeightView = decltype(o_proj.cview());
+
     std::int64_t q_dim() const { return nope + rope; }
     std::int64_t latent_dim() const { return rank + rope; }
 
@@ -90,21 +94,24 @@ struct MLA {
         const std::int64_t n = x.shape[0];
 
         // Query: (N, H, Dn+Dr), rope lanes rotated.
+        // The two projections of x (the query's first and the latent) run as
+        // one group.
         auto q = ws.template take<A>(std::array{n, heads, q_dim()});
         auto q_flat = q.reshape(std::array{n, heads * q_dim()});
+        auto latent = ws.template take<A>(std::array{n, latent_dim()});  // (N, C+Dr)
         if (q_lora) {
             auto q_a = ws.template take<A>(std::array{n, q_a_proj.size(0)});  // (N, Q)
-            linear(ctx, x, q_a_proj.cview(), q_a);
+            linear_group(ctx, std::vector<Product<A, WeightView, B>>{{x, q_a_proj.cview(), q_a},
+                                                                      {x, kv_a_proj_with_mqa.cview(), latent}});
             q_a_layernorm.forward(ctx, cview(q_a), q_a);
             linear(ctx, cview(q_a), q_b_proj.cview(), q_flat);
         } else {
-            linear(ctx, x, q_proj.cview(), q_flat);
+            linear_group(ctx, std::vector<Product<A, WeightView, B>>{{x, q_proj.cview(), q_flat},
+                                                                      {x, kv_a_proj_with_mqa.cview(), latent}});
         }
         Rotary<T, B>::apply(ctx, step.cos, step.sin, q.slice(2, nope, q_dim()));
 
-        // Latent rows [kv_a_layernorm(c_kv) | rot(k_pe)]: (N, C+Dr), then cached.
-        auto latent = ws.template take<A>(std::array{n, latent_dim()});
-        linear(ctx, x, kv_a_proj_with_mqa.cview(), latent);
+        // Latent rows [kv_a_layernorm(c_kv) | rot(k_pe)], then cached.
         kv_a_layernorm.forward(ctx, cview(latent.cols(0, rank)), latent.cols(0, rank));
         View<A, B, 3> k_pe(latent.data + rank, {n, 1, rope}, {latent.stride[0], rope, 1});  // (N, 1, Dr)
         Rotary<T, B>::apply(ctx, step.cos, step.sin, k_pe);
@@ -121,9 +128,9 @@ struct MLA {
 
 private:
     // Rows [h*(Dn+Dv), h*(Dn+Dv)+Dn) of kv_b_proj: W_UK of head h, (Dn, C).
-    View<const T, B, 2> w_uk(std::int64_t h) const { return kv_b_proj.cview().rows(h * (nope + vdim), h * (nope + vdim) + nope); }
+    WeightView w_uk(std::int64_t h) const { return kv_b_proj.cview().rows(h * (nope + vdim), h * (nope + vdim) + nope); }
     // The next Dv rows: W_UV of head h, (Dv, C).
-    View<const T, B, 2> w_uv(std::int64_t h) const {
+    WeightView w_uv(std::int64_t h) const {
         return kv_b_proj.cview().rows(h * (nope + vdim) + nope, (h + 1) * (nope + vdim));
     }
 
@@ -135,22 +142,38 @@ private:
         // Absorbed query [q_nope · W_UK | q_pe]: (N, H, C+Dr).
         auto q_lat = ws.template take<A>(std::array{n, heads, w});
         auto o_lat = ws.template take<A>(std::array{n, heads, rank});  // (N, H, C)
+        std::vector<Product<A, WeightView, B>> per_head;  // one group over the heads
         for (std::int64_t h = 0; h < heads; ++h) {
-            matmul(ctx, head(q, h).cols(0, nope), w_uk(h), head(q_lat, h).cols(0, rank));
+            per_head.push_back({head(q, h).cols(0, nope), w_uk(h), head(q_lat, h).cols(0, rank)});
             convert_rows(ctx, head(q, h).cols(nope, q_dim()), head(q_lat, h).cols(rank, w));
         }
+        matmul_group(ctx, per_head);
         for (const auto& s : step.sequences) {
+            const auto q_s = cview(q_lat).rows(s.row_begin, s.row_begin + s.n_tokens);
+            const auto o_s = o_lat.rows(s.row_begin, s.row_begin + s.n_tokens);
+            // One new token: the backend's paged decode kernel, when it has
+            // one for these types, reads the cache pages in place.
+            const View<const std::int32_t, B, 2> table(s.block_table.data, {1, s.block_table.shape[0]},
+                                                       {s.block_table.shape[0], 1});
+            const std::vector<std::int64_t> length{s.context()};
+            if constexpr (requires { mla_decode(ctx, q_s, pages, table, length, softmax_scale, o_s); }) {
+                if (s.n_tokens == 1) {
+                    mla_decode(ctx, q_s, pages, table, length, softmax_scale, o_s);
+                    continue;
+                }
+            }
             typename Workspace<B>::Scope scope(ws);
             auto rows = ws.template take<A>(std::array{s.context(), w});  // (S, C+Dr)
             cache_gather(ctx, pages, s.block_table, rows);
             const View<const A, B, 3> keys(rows.data, {s.context(), 1, w});                    // (S, 1, C+Dr)
             const View<const A, B, 3> values(rows.data, {s.context(), 1, rank}, {w, w, 1});  // (S, 1, C)
-            attention(ctx, cview(q_lat).rows(s.row_begin, s.row_begin + s.n_tokens), keys, values,
-                      s.first_position, softmax_scale, o_lat.rows(s.row_begin, s.row_begin + s.n_tokens));
+            attention(ctx, q_s, keys, values, s.first_position, softmax_scale, o_s);
         }
+        per_head.clear();
         for (std::int64_t h = 0; h < heads; ++h) {
-            linear(ctx, head(cview(o_lat), h), w_uv(h), o.cols(h * vdim, (h + 1) * vdim));
+            per_head.push_back({head(cview(o_lat), h), w_uv(h), o.cols(h * vdim, (h + 1) * vdim)});
         }
+        linear_group(ctx, per_head);
     }
 
     void attend_naive(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const T, B, 3> pages,

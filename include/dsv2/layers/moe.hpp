@@ -74,25 +74,31 @@ struct MoE {
         if (capacity) drop_over_capacity(ctx, *capacity, cview(scores), cview(idx), weights);
         if (record) keep_record(ctx, cview(scores), cview(idx), cview(weights), *record);
 
-        if (has_shared) {
-            shared_experts.forward(ctx, ws, x, y);
-        } else {
-            Memory<B>::zero(y.data, static_cast<std::size_t>(y.numel()) * sizeof(A));
-        }
-
+        // Every entry's row, grouped by expert, then all experts (and the
+        // shared experts) as one group of MLPs.
         auto order = ws.template take<std::int32_t>(std::array{n * k});  // entries grouped by expert
         auto& offsets = ws.host_index();
         group_by_expert(ctx, cview(idx), e_count, order, offsets);
+        auto rows = ws.template take<A>(std::array{n * k, d});  // (N*K, D)
+        auto out = ws.template take<A>(std::array{n * k, d});   // (N*K, D)
+        gather_rows(ctx, x, cview(order), k, rows);
+        std::vector<MlpCall<T, B>> calls;
+        if (has_shared) {
+            calls.push_back({&shared_experts, x, y});
+        } else {
+            Memory<B>::zero(y.data, static_cast<std::size_t>(y.numel()) * sizeof(A));
+        }
         for (std::int64_t e = 0; e < e_count; ++e) {
-            const std::int64_t begin = offsets[e], count = offsets[e + 1] - begin;
-            if (count == 0) continue;
-            typename Workspace<B>::Scope expert_scope(ws);
-            const auto entries = cview(order.rows(begin, begin + count));
-            auto rows = ws.template take<A>(std::array{count, d});  // (M, D)
-            auto out = ws.template take<A>(std::array{count, d});   // (M, D)
-            gather_rows(ctx, x, entries, k, rows);
-            experts[e].forward(ctx, ws, cview(rows), out);
-            scatter_add_rows(ctx, cview(out), entries, cview(weights), y);
+            const std::int64_t begin = offsets[e], end = offsets[e + 1];
+            if (begin < end) calls.push_back({&experts[e], cview(rows.rows(begin, end)), out.rows(begin, end)});
+        }
+        forward_group(ctx, ws, calls);
+        // One scatter per expert: a token appears at most once in an
+        // expert's batch, so its rows never collide.
+        for (std::int64_t e = 0; e < e_count; ++e) {
+            const std::int64_t begin = offsets[e], end = offsets[e + 1];
+            if (begin < end)
+                scatter_add_rows(ctx, cview(out.rows(begin, end)), cview(order.rows(begin, end)), cview(weights), y);
         }
     }
 

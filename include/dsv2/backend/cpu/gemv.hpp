@@ -190,6 +190,29 @@ DSV2_AVX512 void gemv_cols_avx512(const float* x, std::int64_t ldx, std::int64_t
 }
 #endif  // DSV2_X86_KERNELS
 
+#if DSV2_X86_KERNELS
+template <class T>
+DSV2_AVX512 void widen_f32_avx512(const T* src, float* dst, std::int64_t n) {
+    std::int64_t j = 0;
+    for (; j + 16 <= n; j += 16) _mm512_storeu_ps(dst + j, load16(src + j));
+    if (j < n) {
+        const auto mask = static_cast<__mmask16>((1u << (n - j)) - 1u);
+        _mm512_mask_storeu_ps(dst + j, mask, load16(src + j, mask));
+    }
+}
+#endif
+
+// dst[0, n) = src[0, n) as f32 (exact for every storage type but f64).
+template <class T>
+void widen_f32(const T* src, float* dst, std::int64_t n) {
+#if DSV2_X86_KERNELS
+    if constexpr (gemv_weight_v<T>) {
+        if (has_avx512()) return widen_f32_avx512(src, dst, n);
+    }
+#endif
+    for (std::int64_t j = 0; j < n; ++j) dst[j] = convert<float>(src[j]);
+}
+
 // The dispatching entry points.
 template <class T>
 void gemv_rows(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw, std::int64_t k,

@@ -8,13 +8,19 @@
 // Work is split over blocks of output features, one block per task: every
 // thread streams its own slice of the weight matrix, which is what decode
 // (memory-bound, N small) wants, and large N still gets full GEMM blocks.
+// linear_group / matmul_group run several decode products in one parallel
+// region: on a small machine the fork/join, not the bytes, is what a
+// 64K-MAC product costs.
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
+#include "dsv2/backend/product.hpp"
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <span>
 #include <vector>
 
 namespace dsv2 {
@@ -71,16 +77,88 @@ inline void check_product(std::string_view op, std::int64_t xn, std::int64_t xk,
 // matrix-vector kernels that read the weights in place (gemv.hpp): decode.
 inline constexpr std::int64_t kGemvRows = 4;
 
-// Splits [0, m) into one contiguous, `align`-multiple slice per thread and
-// runs f(begin, end) on each: every thread streams its own weights.
-template <class F>
-void split_range(Context<cpu>& ctx, std::int64_t m, std::int64_t align, bool parallel, F&& f) {
-    const int threads = parallel ? ctx.threads : 1;
-    const std::int64_t per = (m + threads - 1) / threads;
-    const std::int64_t chunk = std::max<std::int64_t>(align, (per + align - 1) / align * align);
-    const std::int64_t parts = (m + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads) schedule(static, 1) if (parts > 1)
-    for (std::int64_t p = 0; p < parts; ++p) f(p * chunk, std::min(m, (p + 1) * chunk));
+// A decode product is split over the threads only from this many
+// multiply-adds: a parallel region costs ~1 us with spinning threads but
+// ~70-90 us when they sleep (OMP_WAIT_POLICY=passive, measured on a 2-vCPU
+// VM), which is what a 1M-MAC bf16 product takes on one core.
+inline constexpr std::int64_t kParallelGemv = std::int64_t{1} << 20;
+
+// Splits the units (weight rows or columns) of a group of products over the
+// threads by work, one contiguous run of the concatenated units per thread,
+// in one parallel region, and calls f(product, begin, end) for each piece.
+// extent(j) is product j's unit count, cost(j) the multiply-adds per unit.
+template <class Extent, class Cost, class F>
+void split_group(Context<cpu>& ctx, std::size_t count, Extent&& extent, Cost&& cost, std::int64_t align, F&& f) {
+    std::int64_t total = 0;
+    for (std::size_t j = 0; j < count; ++j) total += extent(j) * cost(j);
+    const int threads = total >= kParallelGemv ? ctx.threads : 1;
+    // The first unit of product j (preceded by `before` work) that belongs to
+    // thread t or later: monotone in t, 0 at t = 0 and extent(j) at t = threads.
+    auto boundary = [&](std::size_t j, std::int64_t before, int t) -> std::int64_t {
+        const std::int64_t target = total / threads * t + total % threads * t / threads;
+        const std::int64_t e = extent(j), c = std::max<std::int64_t>(1, cost(j));
+        if (target <= before) return 0;
+        const std::int64_t units = (target - before + c - 1) / c;
+        return units >= e ? e : std::min(e, (units + align - 1) / align * align);
+    };
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+    for (int t = 0; t < threads; ++t) {
+        std::int64_t before = 0;
+        for (std::size_t j = 0; j < count; ++j) {
+            const std::int64_t b0 = boundary(j, before, t), b1 = boundary(j, before, t + 1);
+            if (b0 < b1) f(j, b0, b1);
+            before += extent(j) * cost(j);
+        }
+    }
+}
+
+// The decode kernels for a weight view type W: rows(p, r0, r1) computes
+// output features [r0, r1) of y = x w^T, cols(p, c0, c1) columns [c0, c1) of
+// y = x w. Weight types without kernels use the GEMM path. (A class template,
+// so that other headers — linear_q8.hpp — can add weight types.)
+template <class W>
+struct GemvKernel {
+    static constexpr bool available = false;
+};
+template <class T>
+struct GemvKernel<View<const T, cpu, 2>> {
+    static constexpr bool available = gemv_weight_v<T>;
+    using P = Product<float, View<const T, cpu, 2>, cpu>;
+    static bool readable(const View<const T, cpu, 2>& w) { return w.rows_contiguous(); }
+    static void rows(const P& p, std::int64_t r0, std::int64_t r1) {
+        gemv_rows(p.x.data, p.x.stride[0], p.x.shape[0], p.w.data, p.w.stride[0], p.x.shape[1], r0, r1, p.y.data,
+                  p.y.stride[0]);
+    }
+    static void cols(const P& p, std::int64_t c0, std::int64_t c1) {
+        gemv_cols(p.x.data, p.x.stride[0], p.x.shape[0], p.w.data, p.w.stride[0], p.x.shape[1], c0, c1, p.y.data,
+                  p.y.stride[0]);
+    }
+};
+
+template <class A, class W>
+inline constexpr bool gemv_ready_v = std::is_same_v<A, float> && GemvKernel<W>::available;
+
+template <class A, class W>
+bool all_decode(std::span<const Product<A, W, cpu>> group) {
+    return std::all_of(group.begin(), group.end(), [](const auto& p) { return p.x.shape[0] <= kGemvRows; });
+}
+
+// Every product of a decode group (all with at most kGemvRows activation
+// rows), y = x w^T, in one parallel region.
+template <class W>
+void gemv_group_rows(Context<cpu>& ctx, std::span<const Product<float, W, cpu>> group) {
+    split_group(
+        ctx, group.size(), [&](std::size_t j) { return group[j].w.size(0); },
+        [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; }, 4,
+        [&](std::size_t j, std::int64_t r0, std::int64_t r1) { GemvKernel<W>::rows(group[j], r0, r1); });
+}
+// The same for y = x w: columns are the units, 16 at a time.
+template <class W>
+void gemv_group_cols(Context<cpu>& ctx, std::span<const Product<float, W, cpu>> group) {
+    split_group(
+        ctx, group.size(), [&](std::size_t j) { return group[j].w.size(1); },
+        [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; }, 16,
+        [&](std::size_t j, std::int64_t c0, std::int64_t c1) { GemvKernel<W>::cols(group[j], c0, c1); });
 }
 
 }  // namespace cpu_detail
@@ -97,12 +175,10 @@ void linear(Context<cpu>& ctx,
     check_product("linear", n, k, w.shape[1], y.shape[0], y.shape[1], m,
                   x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
     if (n == 0 || m == 0) return;
-    if constexpr (std::is_same_v<A, float> && gemv_weight_v<T>) {
+    if constexpr (gemv_ready_v<A, View<const T, cpu, 2>>) {
         if (n <= kGemvRows) {
-            split_range(ctx, m, 4, n * m * k >= kParallelWork, [&](std::int64_t r0, std::int64_t r1) {
-                gemv_rows(x.data, x.stride[0], n, w.data, w.stride[0], k, r0, r1, y.data, y.stride[0]);
-            });
-            return;
+            const Product<A, View<const T, cpu, 2>, cpu> p{x, w, y};
+            return gemv_group_rows(ctx, std::span(&p, 1));
         }
     }
     const std::int64_t block = feature_block(m, ctx.threads);
@@ -141,12 +217,10 @@ void matmul(Context<cpu>& ctx,
     check_product("matmul", n, k, w.shape[0], y.shape[0], y.shape[1], m,
                   x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
     if (n == 0 || m == 0) return;
-    if constexpr (std::is_same_v<A, float> && gemv_weight_v<T>) {
+    if constexpr (gemv_ready_v<A, View<const T, cpu, 2>>) {
         if (n <= kGemvRows) {
-            split_range(ctx, m, 64, n * m * k >= kParallelWork, [&](std::int64_t c0, std::int64_t c1) {
-                gemv_cols(x.data, x.stride[0], n, w.data, w.stride[0], k, c0, c1, y.data, y.stride[0]);
-            });
-            return;
+            const Product<A, View<const T, cpu, 2>, cpu> p{x, w, y};
+            return gemv_group_cols(ctx, std::span(&p, 1));
         }
     }
     const std::int64_t block = feature_block(m, ctx.threads);
@@ -170,6 +244,46 @@ void matmul(Context<cpu>& ctx,
             }
         }
     }
+}
+
+}  // namespace dsv2
+
+namespace dsv2 {
+
+// A group of products y = x w^T (e.g. the gate and up projections of every
+// expert a decode token chose). Decode groups run in one parallel region;
+// larger products each run as linear() does.
+template <class A, class W>
+void linear_group(Context<cpu>& ctx, const std::vector<Product<A, W, cpu>>& group) {
+    using namespace cpu_detail;
+    for (const auto& p : group)
+        check_product("linear_group", p.x.shape[0], p.x.shape[1], p.w.size(1), p.y.shape[0], p.y.shape[1], p.w.size(0),
+                      p.x.rows_contiguous() && p.y.rows_contiguous());
+    if constexpr (gemv_ready_v<A, W>) {
+        if (all_decode(std::span(group))) {
+            for (const auto& p : group)
+                DSV2_CHECK(GemvKernel<W>::readable(p.w), ShapeError, "linear_group: weights need unit stride along rows");
+            return gemv_group_rows(ctx, std::span(group));
+        }
+    }
+    for (const auto& p : group) linear(ctx, p.x, p.w, p.y);
+}
+
+// A group of products y = x w, weights stored (K, M) (W_UK of every head).
+template <class A, class W>
+void matmul_group(Context<cpu>& ctx, const std::vector<Product<A, W, cpu>>& group) {
+    using namespace cpu_detail;
+    for (const auto& p : group)
+        check_product("matmul_group", p.x.shape[0], p.x.shape[1], p.w.size(0), p.y.shape[0], p.y.shape[1], p.w.size(1),
+                      p.x.rows_contiguous() && p.y.rows_contiguous());
+    if constexpr (gemv_ready_v<A, W>) {
+        if (all_decode(std::span(group))) {
+            for (const auto& p : group)
+                DSV2_CHECK(GemvKernel<W>::readable(p.w), ShapeError, "matmul_group: weights need unit stride along rows");
+            return gemv_group_cols(ctx, std::span(group));
+        }
+    }
+    for (const auto& p : group) matmul(ctx, p.x, p.w, p.y);
 }
 
 }  // namespace dsv2

@@ -10,6 +10,23 @@
 
 namespace dsv2 {
 
+namespace cpu_detail {
+// The int8 rows are read in place by the same kernels; each output is scaled
+// once at the end.
+template <>
+struct GemvKernel<QuantizedView<cpu>> {
+    static constexpr bool available = true;
+    using P = Product<float, QuantizedView<cpu>, cpu>;
+    static bool readable(const QuantizedView<cpu>& w) { return w.values.rows_contiguous() && w.scales.stride[0] == 1; }
+    static void rows(const P& p, std::int64_t r0, std::int64_t r1) {
+        gemv_rows(p.x.data, p.x.stride[0], p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1], r0, r1,
+                  p.y.data, p.y.stride[0]);
+        for (std::int64_t i = 0; i < p.x.shape[0]; ++i)
+            for (std::int64_t r = r0; r < r1; ++r) p.y.data[i * p.y.stride[0] + r] *= p.w.scales.data[r];
+    }
+};
+}  // namespace cpu_detail
+
 template <class A>
 void linear(Context<cpu>& ctx,
             std::type_identity_t<View<const A, cpu, 2>> x,  // (N, K)
@@ -26,12 +43,8 @@ void linear(Context<cpu>& ctx,
     const std::int64_t ldq = w.values.stride[0];
     if constexpr (std::is_same_v<A, float>) {
         if (n <= kGemvRows) {
-            split_range(ctx, m, 4, n * m * k >= kParallelWork, [&](std::int64_t r0, std::int64_t r1) {
-                gemv_rows(x.data, x.stride[0], n, q, ldq, k, r0, r1, y.data, y.stride[0]);
-                for (std::int64_t i = 0; i < n; ++i)
-                    for (std::int64_t r = r0; r < r1; ++r) y.data[i * y.stride[0] + r] *= scales[r];
-            });
-            return;
+            const Product<A, QuantizedView<cpu>, cpu> p{x, w, y};
+            return gemv_group_rows(ctx, std::span(&p, 1));
         }
     }
     const std::int64_t block = feature_block(m, ctx.threads);

@@ -9,11 +9,15 @@
 // output (tensor cores). That rounding is the one numerical difference from
 // the CPU, which widens the weights instead; parity tests bound it per dtype.
 #pragma once
+
 #if !defined(__CUDACC__)
 #error "include <dsv2/cuda.cuh> from a .cu file compiled by nvcc"
 #endif
 
 #include "dsv2/backend/cuda/context.cuh"
+#include "dsv2/backend/product.hpp"
+
+#include <vector>
 
 namespace dsv2 {
 namespace cuda_detail {
@@ -111,6 +115,18 @@ void matmul(Context<cuda>& ctx,
                   x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
     if (n == 0 || m == 0) return;
     gemm<A, T>(ctx, CUBLAS_OP_N, m, n, k, w.data, leading(w), x.data, leading(x), y.data, leading(y));
+}
+
+// Groups of products: one cuBLAS call each, queued on the context's stream
+// (kernel launches are cheap next to a CPU fork/join, so there is nothing to
+// fuse yet; a grouped GEMM would go here).
+template <class A, class W>
+void linear_group(Context<cuda>& ctx, const std::vector<Product<A, W, cuda>>& group) {
+    for (const auto& p : group) linear(ctx, p.x, p.w, p.y);
+}
+template <class A, class W>
+void matmul_group(Context<cuda>& ctx, const std::vector<Product<A, W, cuda>>& group) {
+    for (const auto& p : group) matmul(ctx, p.x, p.w, p.y);
 }
 
 }  // namespace dsv2

@@ -19,6 +19,7 @@
 #endif
 
 #include "dsv2/backend/cuda/attention.cuh"
+#include "dsv2/backend/shapes.hpp"
 
 #include <mma.h>
 
@@ -186,19 +187,9 @@ void mla_decode(Context<cuda>& ctx,
                 View<float, cuda, 3> out)                          // (B, H, C)
 {
     using namespace cuda_detail;
+    const std::int64_t max_len = check_mla_decode(q, pages, block_tables, lengths, out);
     const std::int64_t batch = q.shape[0], heads = q.shape[1], w = q.shape[2], rank = out.shape[2];
     const std::int64_t page = pages.shape[1];
-    DSV2_CHECK(pages.shape[2] == w && out.shape[0] == batch && out.shape[1] == heads && rank < w &&
-                   std::ssize(lengths) == batch && block_tables.shape[0] == batch && pages.contiguous() &&
-                   q.stride[2] == 1 && out.stride[2] == 1 && block_tables.stride[1] == 1,
-               ShapeError, "mla_decode: q {}, pages {}, tables {}, {} lengths, out {}", shape_str(q.shape),
-               shape_str(pages.shape), shape_str(block_tables.shape), lengths.size(), shape_str(out.shape));
-    std::int64_t max_len = 0;
-    for (auto len : lengths) {
-        DSV2_CHECK(len >= 1 && len <= block_tables.shape[1] * page, RangeError,
-                   "mla_decode: length {} outside 1..{}", len, block_tables.shape[1] * page);
-        max_len = std::max(max_len, len);
-    }
     if (batch == 0) return;
     constexpr bool tensor_cores = std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
     if (!tensor_cores || w != kDecWidth || rank != kDecRank || heads % kDecHeads != 0 || batch > 65535) {

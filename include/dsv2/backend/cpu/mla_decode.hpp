@@ -1,0 +1,125 @@
+// MLA decode straight from the paged latent cache, on the CPU: one new token
+// per sequence, its absorbed query [q_nope·W_UK | q_pe] (H heads of C + Dr)
+// attending over the sequence's cached rows [c | k_pe], whose first C lanes
+// are also the values. The rows are read in place from their pages, a tile
+// at a time, widened into an L2-resident buffer: nothing of the context is
+// gathered or written back to memory, so a long context costs its cache bytes
+// (2 x 576 per token in bf16) and its arithmetic, not three f32 copies.
+//
+// Every head shares the tile (MQA with one latent head), so a tile is
+// S = Q Kᵀ (H x tile) and O += P V (H x C): two small GEMMs with an online
+// softmax between them. Long contexts are split over the threads, each with
+// its own running max, sum and output, merged at the end (flash-decoding).
+#pragma once
+
+#include "dsv2/backend/cpu/flash_decode.hpp"
+#include "dsv2/backend/cpu/gemv.hpp"
+#include "dsv2/backend/cpu/linear.hpp"
+#include "dsv2/backend/shapes.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace dsv2 {
+
+namespace cpu_detail {
+
+// Rows per tile: one default cache page (64 rows x 576 x 4 bytes = 144 KiB).
+inline constexpr std::int64_t kDecodeTile = 64;
+
+// The running softmax state of one split: max and sum per head, and the
+// unnormalised output.
+struct DecodePartial {
+    RowMat<float> o;             // (H, C)
+    std::vector<float> max, sum;  // (H)
+};
+
+// Keys [s0, s1) of one sequence into `part`.
+template <class T>
+void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* pages, std::int64_t page,
+                  const std::int32_t* table, std::int64_t w, std::int64_t rank, std::int64_t s0, std::int64_t s1,
+                  float scale, DecodePartial& part) {
+    using CMap = Eigen::Map<const RowMat<float>, Eigen::Unaligned, Eigen::OuterStride<>>;
+    const CMap qm(q, heads, w, Eigen::OuterStride<>(qs));
+    part.o = RowMat<float>::Zero(heads, rank);
+    part.max.assign(static_cast<std::size_t>(heads), -std::numeric_limits<float>::infinity());
+    part.sum.assign(static_cast<std::size_t>(heads), 0.0f);
+    RowMat<float> keys(kDecodeTile, w), scores(heads, kDecodeTile);
+    for (std::int64_t j = s0; j < s1;) {
+        // A tile never crosses a page: its rows are contiguous in memory.
+        const std::int64_t in_page = j % page, len = std::min({kDecodeTile, s1 - j, page - in_page});
+        const T* src = pages + (static_cast<std::int64_t>(table[j / page]) * page + in_page) * w;
+        widen_f32(src, keys.data(), len * w);
+        const auto k = keys.topRows(len);
+        auto s = scores.leftCols(len);
+        s.noalias() = (qm * k.transpose()) * scale;
+        for (std::int64_t h = 0; h < heads; ++h) {
+            auto row = s.row(h);
+            float& m = part.max[static_cast<std::size_t>(h)];
+            const float m_new = std::max(m, row.maxCoeff());
+            const float correction = std::exp(m - m_new);  // 0 on the first tile
+            row = (row.array() - m_new).exp();
+            part.sum[static_cast<std::size_t>(h)] = part.sum[static_cast<std::size_t>(h)] * correction + row.sum();
+            part.o.row(h) *= correction;
+            m = m_new;
+        }
+        part.o.noalias() += s * k.leftCols(rank);
+        j += len;
+    }
+}
+
+}  // namespace cpu_detail
+
+// out[b, h] = softmax(scale · q[b, h] · Kᵀ) V over the first lengths[b] cached
+// rows of sequence b (block table row b), the query at the last position.
+template <class T>
+void mla_decode(Context<cpu>& ctx,
+                View<const float, cpu, 3> q,                    // (B, H, C+Dr)
+                View<const T, cpu, 3> pages,                    // (P, page_size, C+Dr)
+                View<const std::int32_t, cpu, 2> block_tables,  // (B, max_blocks)
+                const std::vector<std::int64_t>& lengths,       // (B), host
+                double scale,
+                View<float, cpu, 3> out)                        // (B, H, C)
+{
+    using namespace cpu_detail;
+    check_mla_decode(q, pages, block_tables, lengths, out);
+    const std::int64_t batch = q.shape[0], heads = q.shape[1], w = q.shape[2], rank = out.shape[2];
+    const std::int64_t page = pages.shape[1];
+    for (std::int64_t b = 0; b < batch; ++b) {
+        const std::int64_t len = lengths[static_cast<std::size_t>(b)];
+        const std::int32_t* table = block_tables.data + b * block_tables.stride[0];
+        for (std::int64_t p = 0; p * page < len; ++p) {
+            DSV2_CHECK(table[p] >= 0 && table[p] < pages.shape[0], RangeError,
+                       "mla_decode: sequence {}, block table entry {} is page {}, outside the cache's pages [0, {})", b,
+                       p, table[p], pages.shape[0]);
+        }
+        // Splits of at least kMinKeysPerSplit keys, page-aligned.
+        const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerSplit, 1, ctx.threads));
+        const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
+        std::vector<DecodePartial> partial(static_cast<std::size_t>(parts));
+        const float* qb = q.data + b * q.stride[0];
+#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
+        for (int p = 0; p < parts; ++p) {
+            const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
+            decode_split(qb, q.stride[1], heads, pages.data, page, table, w, rank, s0, s1, static_cast<float>(scale),
+                         partial[static_cast<std::size_t>(p)]);
+        }
+        for (std::int64_t h = 0; h < heads; ++h) {
+            float m = -std::numeric_limits<float>::infinity();
+            for (const auto& part : partial) m = std::max(m, part.max[static_cast<std::size_t>(h)]);
+            float denom = 0;
+            float* o = out.data + b * out.stride[0] + h * out.stride[1];
+            std::fill(o, o + rank, 0.0f);
+            for (const auto& part : partial) {
+                if (part.sum[static_cast<std::size_t>(h)] == 0) continue;  // an empty split
+                const float f = std::exp(part.max[static_cast<std::size_t>(h)] - m);
+                denom += f * part.sum[static_cast<std::size_t>(h)];
+                for (std::int64_t c = 0; c < rank; ++c) o[c] += f * part.o(h, c);
+            }
+            for (std::int64_t c = 0; c < rank; ++c) o[c] /= denom;
+        }
+    }
+}
+
+}  // namespace dsv2

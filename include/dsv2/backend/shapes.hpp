@@ -30,4 +30,21 @@ std::int64_t check_mla_decode(const Q& q, const P& pages, const Tables& block_ta
     return max_len;
 }
 
+// attention: q (n, H, Dk), k (S, Hk, Dk), v (S, Hk, Dv), out (n, H, Dv),
+// queries at first_position.. with causal visibility.
+template <class Q, class K, class V, class Out>
+void check_attention(const Q& q, const K& k, const V& v, std::int64_t first_position, const Out& out) {
+    const std::int64_t n = q.shape[0], heads = q.shape[1], dk = q.shape[2];
+    const std::int64_t s_len = k.shape[0], kv_heads = k.shape[1], dv = v.shape[2];
+    DSV2_CHECK(k.shape[2] == dk && v.shape[0] == s_len && v.shape[1] == kv_heads && kv_heads > 0 &&
+                   heads % kv_heads == 0 && out.shape[0] == n && out.shape[1] == heads && out.shape[2] == dv,
+               ShapeError, "attention: q {}, k {}, v {}, out {}", shape_str(q.shape), shape_str(k.shape),
+               shape_str(v.shape), shape_str(out.shape));
+    DSV2_CHECK(first_position >= 0 && first_position + n <= s_len, ShapeError,
+               "attention: queries at positions {}..{} need {} keys, found {}", first_position,
+               first_position + n - 1, first_position + n, s_len);
+    DSV2_CHECK(q.stride[2] == 1 && k.stride[2] == 1 && v.stride[2] == 1 && out.stride[2] == 1, ShapeError,
+               "attention: head vectors must be contiguous");
+}
+
 }  // namespace dsv2

@@ -13,6 +13,7 @@
 #endif
 
 #include "dsv2/backend/cuda/elementwise.cuh"
+#include "dsv2/backend/shapes.hpp"
 
 #include <limits>
 
@@ -100,15 +101,7 @@ void attention(Context<cuda>& ctx,
     using namespace cuda_detail;
     const std::int64_t n = q.shape[0], heads = q.shape[1], dk = q.shape[2];
     const std::int64_t s_len = k.shape[0], kv_heads = k.shape[1], dv = v.shape[2];
-    DSV2_CHECK(k.shape[2] == dk && v.shape[0] == s_len && v.shape[1] == kv_heads && kv_heads > 0 &&
-                   heads % kv_heads == 0 && out.shape[0] == n && out.shape[1] == heads && out.shape[2] == dv,
-               ShapeError, "attention: q {}, k {}, v {}, out {}", shape_str(q.shape), shape_str(k.shape),
-               shape_str(v.shape), shape_str(out.shape));
-    DSV2_CHECK(first_position >= 0 && first_position + n <= s_len, ShapeError,
-               "attention: queries at positions {}..{} need {} keys, found {}", first_position,
-               first_position + n - 1, first_position + n, s_len);
-    DSV2_CHECK(q.stride[2] == 1 && k.stride[2] == 1 && v.stride[2] == 1 && out.stride[2] == 1, ShapeError,
-               "attention: head vectors must be contiguous");
+    check_attention(q, k, v, first_position, out);
     DSV2_CHECK(n <= INT32_MAX && heads <= 65535, Unsupported, "attention: {} queries x {} heads is too many", n,
                heads);
     if (n == 0 || heads == 0) return;

@@ -1,11 +1,14 @@
 // Weight-only int8 (core/quantized.hpp, backend/cpu/linear_q8.hpp):
 // quantization round trip within half a step per element; linear() on
 // quantized weights equals the f32 product with the dequantized weights to
-// f32 rounding (GEMV and GEMM paths), and is within the quantization bound
-// of the product with the original weights.
+// f32 rounding (GEMM path) or within the bound of the VNNI kernel's 16-bit
+// activations (decode), and is within the quantization bound of the product
+// with the original weights; the VNNI kernel against the f32 int8 kernel on
+// awkward shapes.
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -65,12 +68,21 @@ TEST_CASE("linear on int8 weights equals the product with dequantized weights", 
         dsv2::linear(ctx, x.cview(), deq.cview(), y_deq.view());
         dsv2::linear(ctx, x.cview(), w.cview(), y_orig.view());
         for (std::int64_t i = 0; i < n; ++i) {
-            double abs_x = 0;
-            for (std::int64_t j = 0; j < k; ++j) abs_x += std::abs(x.data()[i * k + j]);
+            double abs_x = 0, max_x = 0;
+            for (std::int64_t j = 0; j < k; ++j) {
+                abs_x += std::abs(x.data()[i * k + j]);
+                max_x = std::max(max_x, static_cast<double>(std::abs(x.data()[i * k + j])));
+            }
             for (std::int64_t r = 0; r < m; ++r) {
                 const double a = y.data()[i * m + r], e = y_deq.data()[i * m + r], o = y_orig.data()[i * m + r];
                 REQUIRE(std::isfinite(a));
-                REQUIRE(std::abs(a - e) <= 1e-4 * (1 + std::abs(e)));
+                // The VNNI decode kernel (gemv_q8.hpp) rounds each activation
+                // to 16-bit fixed point, off by at most max|x| / 32767 / 2:
+                // |Δy| <= scale * that * Σ|q|. The other paths are f32-exact.
+                double sum_q = 0;
+                for (std::int64_t j = 0; j < k; ++j) sum_q += std::abs(q.values.data()[r * k + j]);
+                const double fixed_point = n <= 4 ? 0.5 * q.scales.data()[r] * (max_x / 32767) * sum_q : 0.0;
+                REQUIRE(std::abs(a - e) <= fixed_point + 1e-5 * (1 + std::abs(e)));
                 // Each weight is off by at most half a step: |Δy| <= Σ|x| * scale / 2.
                 REQUIRE(std::abs(a - o) <= 0.5 * q.scales.data()[r] * abs_x * (1 + 1e-4) + 1e-5);
             }
@@ -85,3 +97,39 @@ TEST_CASE("linear on int8 weights checks shapes at the boundary", "[quant]") {
     dsv2::Tensor<float, cpu, 2> x({2, 15}), y({2, 8});
     REQUIRE_THROWS_WITH(dsv2::linear(ctx, x.cview(), q.cview(), y.view()), Catch::Contains("linear: x is (2, 15)"));
 }
+
+#if DSV2_X86_KERNELS
+TEST_CASE("the VNNI int8 kernel stays within its fixed-point bound of the f32 int8 kernel", "[quant]") {
+    if (!dsv2::cpu_detail::has_avx512_vnni()) {
+        WARN("no AVX-512 VNNI on this CPU: kernel not exercised");
+        return;
+    }
+    for (std::int64_t k : {1, 63, 64, 65, 200, 2048}) {
+        for (std::int64_t n : {1, 2, 4}) {
+            INFO("k " << k << ", rows " << n);
+            const std::int64_t m = 11;  // two blocks of 4 rows and a tail of 3
+            const auto w = random_matrix<float>(m, k, 0.05f, 5);
+            const auto q = dsv2::quantize(w.cview());
+            auto x = random_matrix<float>(n, k, 1.0f, 6);
+            x.data()[0] = 1e4f;  // one outlier sets the fixed-point step of row 0
+            std::vector<dsv2::cpu_detail::Q8Digits> digits(static_cast<std::size_t>(n));
+            for (std::int64_t i = 0; i < n; ++i) dsv2::cpu_detail::split_digits(x.data() + i * k, k, digits[i]);
+            std::vector<float> got(static_cast<std::size_t>(n * m)), want(got.size());
+            dsv2::cpu_detail::gemv_rows_q8_vnni(digits.data(), n, q.values.data(), k, k, 0, m, q.scales.data(), got.data(), m);
+            dsv2::cpu_detail::gemv_rows(x.data(), k, n, q.values.data(), k, k, 0, m, want.data(), m);
+            for (std::int64_t i = 0; i < n; ++i) {
+                for (std::int64_t r = 0; r < m; ++r) {
+                    double sum_q = 0, sum_abs = 0;
+                    for (std::int64_t j = 0; j < k; ++j) {
+                        sum_q += std::abs(q.values.data()[r * k + j]);
+                        sum_abs += std::abs(x.data()[i * k + j] * q.values.data()[r * k + j]);
+                    }
+                    const double e = want[static_cast<std::size_t>(i * m + r)] * q.scales.data()[r];
+                    const double bound = q.scales.data()[r] * (0.5 * digits[i].scale * sum_q + 1e-6 * sum_abs);
+                    REQUIRE(std::abs(got[static_cast<std::size_t>(i * m + r)] - e) <= bound);
+                }
+            }
+        }
+    }
+}
+#endif

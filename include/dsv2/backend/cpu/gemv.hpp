@@ -117,11 +117,24 @@ DSV2_AVX512 void gemv_rows_avx512(const float* x, std::int64_t ldx, std::int64_t
         const T* w1 = w0 + ldw;
         const T* w2 = w1 + ldw;
         const T* w3 = w2 + ldw;
+        // The next four rows, prefetched a block ahead (on the first
+        // activation row only): rows of a few KB are too short for the
+        // hardware prefetcher to ramp up on its own.
+        const char* next = reinterpret_cast<const char*>(w3 + ldw);
+        const std::int64_t ld_bytes = ldw * static_cast<std::int64_t>(sizeof(T));
+        const bool prefetch = r + 8 <= r1;
         for (std::int64_t i = 0; i < n; ++i) {
             const float* xi = x + i * ldx;
             __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
                    a3 = _mm512_setzero_ps();
             for (std::int64_t j = 0; j < kv; j += 16) {
+                if (prefetch && i == 0 && (j * static_cast<std::int64_t>(sizeof(T))) % 64 == 0) {
+                    const char* p = next + j * static_cast<std::int64_t>(sizeof(T));
+                    _mm_prefetch(p, _MM_HINT_T0);
+                    _mm_prefetch(p + ld_bytes, _MM_HINT_T0);
+                    _mm_prefetch(p + 2 * ld_bytes, _MM_HINT_T0);
+                    _mm_prefetch(p + 3 * ld_bytes, _MM_HINT_T0);
+                }
                 const __m512 xv = _mm512_loadu_ps(xi + j);
                 a0 = _mm512_fmadd_ps(xv, load16(w0 + j), a0);
                 a1 = _mm512_fmadd_ps(xv, load16(w1 + j), a1);

@@ -1,10 +1,13 @@
 // y = x w^T for int8 weights with per-row scales (core/quantized.hpp).
-// Decode (N <= kGemvRows, f32 activations): the GEMV kernels read the int8
-// rows in place, widen and FMA in f32, and scale each output once. Larger N:
+// Decode (N <= kGemvRows, f32 activations): the int8 rows are read in place,
+// by the VNNI kernel of gemv_q8.hpp where the CPU has it (activations as
+// 16-bit fixed point, integer dot products), else widened and FMA'd in f32;
+// each output is scaled once. Larger N:
 // blocks of rows are dequantized into a per-thread buffer for Eigen's GEMM,
 // as linear() does for 16-bit weights.
 #pragma once
 
+#include "dsv2/backend/cpu/gemv_q8.hpp"
 #include "dsv2/backend/cpu/linear.hpp"
 #include "dsv2/core/quantized.hpp"
 
@@ -19,6 +22,15 @@ struct GemvKernel<QuantizedView<cpu>> {
     using P = Product<float, QuantizedView<cpu>, cpu>;
     static bool readable(const QuantizedView<cpu>& w) { return w.values.rows_contiguous() && w.scales.stride[0] == 1; }
     static void rows(const P& p, std::int64_t r0, std::int64_t r1) {
+#if DSV2_X86_KERNELS
+        if (has_avx512_vnni() && p.x.shape[1] <= kQ8VnniMaxK) {
+            Q8Digits digits[kGemvRows];
+            for (std::int64_t i = 0; i < p.x.shape[0]; ++i)
+                split_digits(p.x.data + i * p.x.stride[0], p.x.shape[1], digits[i]);
+            return gemv_rows_q8_vnni(digits, p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1], r0, r1,
+                                     p.w.scales.data, p.y.data, p.y.stride[0]);
+        }
+#endif
         gemv_rows(p.x.data, p.x.stride[0], p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1], r0, r1,
                   p.y.data, p.y.stride[0]);
         for (std::int64_t i = 0; i < p.x.shape[0]; ++i)

@@ -59,7 +59,8 @@ struct BenchStep {
     Tensor<std::int64_t, cpu, 1> positions, slots;
     Tensor<A, cpu, 2> cos, sin;
 
-    BenchStep(Ctx& ctx, const Rotary<T, cpu>& rotary, LatentCache<T, cpu>& cache, std::int64_t seq, std::int64_t n) {
+    BenchStep(Ctx& ctx, const Rotary<T, cpu>& rotary, LatentCache<dense_t<T>, cpu>& cache, std::int64_t seq,
+              std::int64_t n) {
         const std::int64_t first = cache.append(seq, n), half = rotary.inv_freq.numel();
         positions = Tensor<std::int64_t, cpu, 1>({n});
         slots = Tensor<std::int64_t, cpu, 1>({n});

@@ -3,6 +3,8 @@
 // (N = 1) over contexts of 128 to 32K cached tokens. Decode bytes are the
 // layer's weights plus the latent rows read; the naive path also
 // decompresses K and V for the whole context, which is where it loses.
+// int8 (q8) keeps the cache in bf16 and counts its weights' real bytes
+// (int8 values plus one f32 scale per row).
 #include "bench_common.hpp"
 
 namespace {
@@ -21,10 +23,10 @@ void BM_mla(benchmark::State& state) {
     init_random_fast(ctx, mla, 3, ctx.threads);
     mla.path = path;
     Rotary<T, cpu> rotary(ctx, cfg);
-    auto cache = LatentCache<T, cpu>::for_config(ctx, cfg, context + n, 1);
+    auto cache = MLA<T, cpu>::Cache::for_config(ctx, cfg, context + n, 1);
     {
         // Cached rows of magnitude ~1, as kv_a_layernorm leaves them.
-        Tensor<T, cpu, 1> rows({cache.capacity_tokens() * cache.width()});
+        Tensor<dense_t<T>, cpu, 1> rows({cache.capacity_tokens() * cache.width()});
         bench::fill(rows);
         std::copy(rows.data(), rows.data() + rows.numel(), cache.layer(0).data);
     }
@@ -34,14 +36,17 @@ void BM_mla(benchmark::State& state) {
     Tensor<float, cpu, 2> x({n, cfg.hidden_size}), y({n, cfg.hidden_size});
     bench::fill(x);
 
-    double weight_params = 0;
-    mla.for_each_weight([&](const std::string&, auto& t) { weight_params += static_cast<double>(t.numel()); });
+    double weight_params = 0, weight_bytes = 0;
+    mla.for_each_weight([&](const std::string&, auto& t) {
+        weight_params += static_cast<double>(t.numel());
+        weight_bytes += static_cast<double>(t.bytes());
+    });
     const double s = static_cast<double>(context + n), h = static_cast<double>(cfg.num_attention_heads);
-    const double cache_bytes = s * static_cast<double>(cfg.latent_dim() * sizeof(T));
+    const double cache_bytes = s * static_cast<double>(cfg.latent_dim() * sizeof(dense_t<T>));
     const double attn_flops = path == AttentionPath::absorbed
                                   ? 2.0 * h * s * static_cast<double>(n) * (576 + 512)
                                   : 2.0 * s * 512 * h * 256 + 2.0 * h * s * static_cast<double>(n) * (192 + 128);
-    const double bytes = weight_params * sizeof(T) + cache_bytes;
+    const double bytes = weight_bytes + cache_bytes;
     const double flops = 2.0 * static_cast<double>(n) * weight_params + attn_flops;
     bench::run_timed(state, bytes, flops, [&] {
         ws.reset();
@@ -62,6 +67,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_mla<float>)->Apply(shapes);
 BENCHMARK(BM_mla<bf16>)->Apply(shapes);
+BENCHMARK(BM_mla<q8>)->Apply(shapes);
 
 }  // namespace
 

@@ -53,6 +53,8 @@ dsv2::Model<T, dsv2::cpu> load(dsv2::Context<dsv2::cpu>& ctx, const std::string&
 }
 
 void check_backend(const Common& c) {
+    DSV2_CHECK(c.dtype != "int8" || c.backend == "cpu", dsv2::Unsupported,
+               "--dtype int8 with --backend {}: int8 weights run on the cpu backend only so far", c.backend);
 #ifdef DSV2_WITH_CUDA
     DSV2_CHECK(c.backend == "cpu" || c.backend == "cuda", dsv2::Unsupported, "--backend {}: expected cpu or cuda",
                c.backend);
@@ -69,7 +71,8 @@ int with_dtype(const std::string& dtype, F&& f) {
     if (dtype == "f32") return f.template operator()<float>();
     if (dtype == "bf16") return f.template operator()<dsv2::bf16>();
     if (dtype == "f16") return f.template operator()<dsv2::f16>();
-    DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f64, f32, bf16 or f16", dtype);
+    if (dtype == "int8") return f.template operator()<dsv2::q8>();
+    DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f64, f32, bf16, f16 or int8", dtype);
 }
 
 std::string human_bytes(double b) {
@@ -207,7 +210,7 @@ int main(int argc, char** argv) {
             ->capture_default_str();
     };
     auto add_run = [&](CLI::App* sub) {
-        sub->add_option("--dtype", common.dtype, "weight and cache type: f64, f32, bf16 or f16")->capture_default_str();
+        sub->add_option("--dtype", common.dtype, "weight and cache type: f64, f32, bf16, f16, or int8 (int8 linear weights, bf16 cache; cpu only)")->capture_default_str();
         sub->add_option("--backend", common.backend, "cpu, or cuda when built with DSV2_ENABLE_CUDA")->capture_default_str();
         sub->add_option("--threads", common.threads, "CPU threads (0: all)")->capture_default_str();
     };

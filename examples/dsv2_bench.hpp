@@ -39,7 +39,8 @@ inline void add_options(CLI::App* sub, Args& a) {
         ->capture_default_str()
         ->excludes(model);
     sub->add_option("--layers", a.layers, "keep the first N decoder layers (0: all)")->capture_default_str();
-    sub->add_option("--dtype", a.dtype, "weight and cache type: f32, bf16 or f16")->capture_default_str();
+    sub->add_option("--dtype", a.dtype, "weight and cache type: f32, bf16, f16, or int8 (int8 linear weights, bf16 cache)")
+        ->capture_default_str();
     sub->add_option("--prompt", a.prompt, "prefill tokens per sequence (0: skip)")->capture_default_str();
     sub->add_option("--gen", a.gen, "decode steps (0: skip)")->capture_default_str();
     sub->add_option("--depth", a.depth, "context tokens pre-filled before timing")->capture_default_str();
@@ -82,10 +83,34 @@ inline dsv2::Config bench_config(const Args& a) {
 
 // Weight bytes one decode token reads: everything "activated" (attention,
 // dense MLPs, router, shared and K routed experts, norms, LM head) plus its
-// embedding row.
-inline double weight_bytes_per_token(const dsv2::Config& cfg, double bytes_per_weight) {
-    const auto p = dsv2::count_params(cfg);
-    return (static_cast<double>(p.activated) + static_cast<double>(cfg.hidden_size)) * bytes_per_weight;
+// embedding row — counted from the model's own tensors, so that int8
+// values, their per-row scales and the parts int8 keeps in bf16 each count
+// at their real size. Routed experts are read K of E per token on average.
+template <class Model>
+double weight_bytes_per_token(Model& model) {
+    const auto& cfg = model.config;
+    const double routed = cfg.n_routed_experts > 0
+                              ? static_cast<double>(cfg.num_experts_per_tok) / static_cast<double>(cfg.n_routed_experts)
+                              : 0.0;
+    double bytes = 0;
+    model.for_each_weight([&](const std::string& name, auto& t) {
+        const auto b = static_cast<double>(t.bytes());
+        if (name == "model.embed_tokens.weight") {
+            bytes += b / static_cast<double>(cfg.vocab_size);
+        } else if (name.find(".mlp.experts.") != std::string::npos) {
+            bytes += b * routed;
+        } else {
+            bytes += b;
+        }
+    });
+    return bytes;
+}
+
+template <class Model>
+double resident_weight_bytes(Model& model) {
+    double bytes = 0;
+    model.for_each_weight([&](const std::string&, auto& t) { bytes += static_cast<double>(t.bytes()); });
+    return bytes;
 }
 
 template <class T>
@@ -151,7 +176,8 @@ int run(const Args& a) {
     }
 
     const double pp_rate = median(pp), tg_rate = median(tg);
-    const double weight_bytes = weight_bytes_per_token(cfg, sizeof(T)) / static_cast<double>(a.batch);
+    const double weight_bytes = weight_bytes_per_token(model) / static_cast<double>(a.batch);
+    const double resident = resident_weight_bytes(model);
     const double kv_per_token = static_cast<double>(session.cache.bytes_per_token());
     const double mean_context = static_cast<double>(a.depth) + static_cast<double>(a.gen) / 2.0;
     const double cache_bytes = kv_per_token * mean_context;  // each sequence reads its own context
@@ -166,9 +192,10 @@ int run(const Args& a) {
             "\"depth\": {}, \"batch\": {}, \"reps\": {}, \"prefill_tokens_per_s\": {:.3f}, \"decode_tokens_per_s\": {:.3f}, "
             "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
             "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
-            "\"peak_rss_bytes\": {}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
+            "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
             name, a.dtype, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
-            tg_rate, decode_bytes, weight_bytes, cache_bytes, bw.bytes_per_s / 1e9, roofline, rss, kv_per_token, build_s);
+            tg_rate, decode_bytes, weight_bytes, cache_bytes, bw.bytes_per_s / 1e9, roofline, rss, resident, kv_per_token,
+            build_s);
         return 0;
     }
     fmt::print("model      {} ({} layers), dtype {}, {} threads, batch {}, built in {:.1f} s\n", name,
@@ -183,8 +210,8 @@ int run(const Args& a) {
         fmt::print("roofline   {:.1f}% of the measured bandwidth ({:.2f} GB/s achieved)\n", 100 * roofline,
                    decode_bytes * tg_rate / 1e9);
     }
-    fmt::print("memory     peak RSS {:.2f} GiB; latent cache {} bytes per token\n", static_cast<double>(rss) / (1 << 30),
-               session.cache.bytes_per_token());
+    fmt::print("memory     peak RSS {:.2f} GiB; weights {:.2f} GiB; latent cache {} bytes per token\n",
+               static_cast<double>(rss) / (1 << 30), resident / (1 << 30), session.cache.bytes_per_token());
     return 0;
 }
 
@@ -193,7 +220,8 @@ inline int cmd_bench(const Args& a) {
     if (a.dtype == "f32") return run<float>(a);
     if (a.dtype == "bf16") return run<dsv2::bf16>(a);
     if (a.dtype == "f16") return run<dsv2::f16>(a);
-    DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f32, bf16 or f16", a.dtype);
+    if (a.dtype == "int8") return run<dsv2::q8>(a);
+    DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f32, bf16, f16 or int8", a.dtype);
 }
 
 }  // namespace dsv2_bench

@@ -89,6 +89,33 @@ TEST_CASE("dsv2 generate --tokens reproduces the reference's greedy ids", "[cli]
     }
 }
 
+TEST_CASE("dsv2 logits and generate run with --dtype int8", "[cli][int8]") {
+    // Accuracy is tests/test_int8.cpp's; here: the flag reaches the int8
+    // model, whose logits are close to the reference and not identical to it.
+    const TempDir tmp;
+    const Case c("tiny_lite");
+    const auto prompt = first_prompt(c);
+    const auto out = tmp.path() / "int8.npy";
+    const Run r = run("logits --model " + c.dir.string() + " --tokens " + ids_csv(prompt) + " --out " + out.string() +
+                      " --dtype int8 --threads 2");
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.output, Catch::Contains("dtype int8"));
+    const auto actual = read_npy(out).as<double>();
+    const auto expected = c.f64("logits");
+    double largest = 0, worst = 0;
+    for (std::size_t i = 0; i < actual.size(); ++i) {
+        largest = std::max(largest, std::abs(expected[i]));
+        worst = std::max(worst, std::abs(actual[i] - expected[i]));
+    }
+    INFO("max abs error " << worst << ", largest logit " << largest);
+    CHECK(worst <= 0.06 * largest);
+    CHECK(worst > 1e-6 * largest);
+    const Run g = run("generate --model " + c.dir.string() + " --tokens " + ids_csv(prompt) +
+                      " --max-new-tokens 3 --dtype int8 --threads 2");
+    REQUIRE(g.status == 0);
+    CHECK_THAT(g.output, Catch::Contains("ids: "));
+}
+
 TEST_CASE("dsv2 info summarises the config", "[cli]") {
     const Run r = run("info --model " + (data_dir() / "tiny_v2").string());
     REQUIRE(r.status == 0);
@@ -109,6 +136,8 @@ TEST_CASE("dsv2 reports bad input clearly and exits non-zero", "[cli]") {
         {"logits --model /nonexistent --tokens 1" + out, "/nonexistent/config.json"},
         {"logits" + model + " --tokens 1 --dtype f8" + out, "--dtype f8"},
         {"logits" + model + " --tokens 1 --backend tpu" + out, "--backend tpu"},
+        {"logits" + model + " --tokens 1 --backend cuda --dtype int8" + out, "int8 weights run on the cpu backend only"},
+        {"generate" + model + " --tokens 1 --backend cuda --dtype int8", "int8 weights run on the cpu backend only"},
         {"generate" + model + " --prompt hello", "tokenizer is not supported"},
         {"generate" + model + " --tokens 1 --top-p 0", "top_p"},
     };

@@ -134,6 +134,31 @@ struct DTypeTraits<f16> {
     static constexpr double rtol = 2e-2, atol = 2e-2, nmse = 1e-5;
 };
 
+// Weight-only int8 (core/quantized.hpp): a tag, not a storage type. Linear
+// weights become int8 with one f32 scale per output row; what is small or
+// numerically touchy stays dense in `dense_t<q8>` (below). Activations are
+// f32. CPU only so far (layers/common.hpp says so at compile time).
+struct q8 {};
+
+template <>
+struct DTypeTraits<q8> {
+    using acc = float;
+    static constexpr std::string_view name = "int8";
+    // No `safetensors` name: int8 weights are quantized while loading from a
+    // floating-point checkpoint, never read or written as int8.
+    // Logits on the fixture models, tokens whose routing did not flip
+    // (tests/test_int8.cpp): worst |err| 0.13, nmse 3.9e-4. The per-weight
+    // error is up to half a step of the row's largest weight / 127.
+    static constexpr double rtol = 1e-1, atol = 2e-1, nmse = 1e-3;
+};
+
+// Storage of everything that stays dense when linear weights are int8: norm
+// weights, the router gate (a small change flips which expert runs), the
+// embedding table (one row read per token, so quantizing saves no
+// bandwidth) and the latent cache. T itself for every other element type.
+template <class T>
+using dense_t = std::conditional_t<std::is_same_v<T, q8>, bf16, T>;
+
 template <class T>
 concept ElementType = requires { typename DTypeTraits<std::remove_const_t<T>>::acc; };
 

@@ -3,10 +3,8 @@
 // accumulate in f32. Rows are the HF `nn.Linear` output features, so a
 // matrix-vector product scales each row's dot product once at the end.
 //
-// This is the storage half of int8 weights; the products are in
-// backend/cpu/linear_q8.hpp. Wiring it into the components as an element
-// type (a `Matrix<T, B>` alias that picks this for int8) is tracked in
-// docs/benchmarks.md.
+// The products are in backend/cpu/linear_q8.hpp. Components hold one of
+// these wherever `Matrix<q8, cpu>` (layers/common.hpp) names a linear weight.
 #pragma once
 
 #include "dsv2/core/tensor.hpp"
@@ -14,6 +12,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace dsv2 {
 
@@ -32,6 +34,9 @@ struct QuantizedView {
 template <class B>
 struct QuantizedMatrix {
     using Shape = std::array<std::int64_t, 2>;
+    // What it is filled from: loaders and initialisers visiting weights
+    // produce f32 values, and upload() quantizes them (model/random.hpp).
+    using value_type = float;
     Tensor<std::int8_t, B, 2> values;  // (M, K)
     Tensor<float, B, 1> scales;        // (M)
 
@@ -45,10 +50,16 @@ struct QuantizedMatrix {
     QuantizedView<B> cview() const { return {values.cview(), scales.cview()}; }
 };
 
-// Quantizes row-major (M, K) values `src` (any float storage type) into `q`.
+// Quantizes row-major (M, K) values `src` (any float storage type) into `q`,
+// on `threads` threads (0: OpenMP's default) when the matrix is large.
 template <class S>
-void quantize_rows(const S* src, std::int64_t m, std::int64_t k, std::int8_t* q, float* scales) {
-#pragma omp parallel for schedule(static) if (m * k > 1 << 20)
+void quantize_rows(const S* src, std::int64_t m, std::int64_t k, std::int8_t* q, float* scales, int threads = 0) {
+#if defined(_OPENMP)
+    if (threads <= 0) threads = omp_get_max_threads();
+#else
+    (void)threads;
+#endif
+#pragma omp parallel for num_threads(threads) schedule(static) if (m * k > 1 << 20)
     for (std::int64_t r = 0; r < m; ++r) {
         const S* row = src + r * k;
         float amax = 0;

@@ -26,13 +26,13 @@ template <class T, class B>
 struct GQA {
     DSV2_REQUIRE_BACKEND(B);
     using A = acc_t<T>;
-    using Cache = KVCache<T, B>;
+    using Cache = KVCache<dense_t<T>, B>;
 
     // Weights, with Hugging Face (Llama-style) names.
-    Tensor<T, B, 2> q_proj;  // (H*Dk, D)
-    Tensor<T, B, 2> k_proj;  // (Hk*Dk, D)
-    Tensor<T, B, 2> v_proj;  // (Hk*Dv, D)
-    Tensor<T, B, 2> o_proj;  // (D, H*Dv)
+    Matrix<T, B> q_proj;  // (H*Dk, D)
+    Matrix<T, B> k_proj;  // (Hk*Dk, D)
+    Matrix<T, B> v_proj;  // (Hk*Dv, D)
+    Matrix<T, B> o_proj;  // (D, H*Dv)
 
     std::int64_t heads = 0, kv_heads = 0, nope = 0, rope = 0, vdim = 0;  // H, Hk, Dn, Dr, Dv
     double softmax_scale = 1.0;
@@ -46,10 +46,10 @@ struct GQA {
         DSV2_CHECK(nope >= 0 && rope > 0 && rope % 2 == 0 && vdim > 0, ConfigError,
                    "[gqa] head dims: nope {} (>= 0), rope {} (positive, even), value {} (positive)", nope, rope, vdim);
         const std::int64_t d = cfg.hidden_size;
-        q_proj = Tensor<T, B, 2>({heads * k_dim(), d});
-        k_proj = Tensor<T, B, 2>({kv_heads * k_dim(), d});
-        v_proj = Tensor<T, B, 2>({kv_heads * vdim, d});
-        o_proj = Tensor<T, B, 2>({d, heads * vdim});
+        q_proj = Matrix<T, B>({heads * k_dim(), d});
+        k_proj = Matrix<T, B>({kv_heads * k_dim(), d});
+        v_proj = Matrix<T, B>({kv_heads * vdim, d});
+        o_proj = Matrix<T, B>({d, heads * vdim});
     }
 
     std::int64_t k_dim() const { return nope + rope; }                 // Dk

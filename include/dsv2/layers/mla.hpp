@@ -26,18 +26,18 @@ template <class T, class B>
 struct MLA {
     DSV2_REQUIRE_BACKEND(B);
     using A = acc_t<T>;
-    using Cache = LatentCache<T, B>;  // what it caches: the latent rows (layers/attention.hpp)
+    using Cache = LatentCache<dense_t<T>, B>;  // what it caches: the latent rows (layers/attention.hpp)
 
     // Weights, with their Hugging Face names. Exactly one of q_proj and the
     // (q_a_proj, q_a_layernorm, q_b_proj) trio is used, as q_lora_rank says.
-    Tensor<T, B, 2> q_proj;              // (H*(Dn+Dr), D)        q_lora_rank null
-    Tensor<T, B, 2> q_a_proj;            // (Q, D)                q_lora_rank set
-    RMSNorm<T, B> q_a_layernorm;         // (Q)
-    Tensor<T, B, 2> q_b_proj;            // (H*(Dn+Dr), Q)
-    Tensor<T, B, 2> kv_a_proj_with_mqa;  // (C+Dr, D)
-    RMSNorm<T, B> kv_a_layernorm;        // (C)
-    Tensor<T, B, 2> kv_b_proj;           // (H*(Dn+Dv), C)
-    Tensor<T, B, 2> o_proj;              // (D, H*Dv)
+    Matrix<T, B> q_proj;              // (H*(Dn+Dr), D)        q_lora_rank null
+    Matrix<T, B> q_a_proj;            // (Q, D)                q_lora_rank set
+    RMSNorm<T, B> q_a_layernorm;      // (Q)
+    Matrix<T, B> q_b_proj;            // (H*(Dn+Dr), Q)
+    Matrix<T, B> kv_a_proj_with_mqa;  // (C+Dr, D)
+    RMSNorm<T, B> kv_a_layernorm;     // (C)
+    Matrix<T, B> kv_b_proj;           // (H*(Dn+Dv), C)
+    Matrix<T, B> o_proj;              // (D, H*Dv)
 
     std::int64_t heads = 0, nope = 0, rope = 0, vdim = 0, rank = 0;  // H, Dn, Dr, Dv, C
     bool q_lora = false;
@@ -51,16 +51,16 @@ struct MLA {
           softmax_scale(cfg.softmax_scale()) {
         const std::int64_t d = cfg.hidden_size;
         if (q_lora) {
-            q_a_proj = Tensor<T, B, 2>({*cfg.q_lora_rank, d});
+            q_a_proj = Matrix<T, B>({*cfg.q_lora_rank, d});
             q_a_layernorm = RMSNorm<T, B>(*cfg.q_lora_rank, Config::latent_norm_eps);
-            q_b_proj = Tensor<T, B, 2>({heads * q_dim(), *cfg.q_lora_rank});
+            q_b_proj = Matrix<T, B>({heads * q_dim(), *cfg.q_lora_rank});
         } else {
-            q_proj = Tensor<T, B, 2>({heads * q_dim(), d});
+            q_proj = Matrix<T, B>({heads * q_dim(), d});
         }
-        kv_a_proj_with_mqa = Tensor<T, B, 2>({rank + rope, d});
+        kv_a_proj_with_mqa = Matrix<T, B>({rank + rope, d});
         kv_a_layernorm = RMSNorm<T, B>(rank, Config::latent_norm_eps);
-        kv_b_proj = Tensor<T, B, 2>({heads * (nope + vdim), rank});
-        o_proj = Tensor<T, B, 2>({d, heads * vdim});
+        kv_b_proj = Matrix<T, B>({heads * (nope + vdim), rank});
+        o_proj = Matrix<T, B>({d, heads * vdim});
     }
 
     using WeightView = decltype(o_proj.cview());
@@ -85,7 +85,7 @@ struct MLA {
 
     // Attends the step's new tokens over their sequences' cached context.
     // Writes this layer's latent rows of the new tokens into the cache first.
-    void forward(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, LatentCache<T, B>& cache,
+    void forward(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, Cache& cache,
                  std::int64_t layer,
                  View<const A, B, 2> x,  // (N, D), already input_layernorm'ed
                  View<A, B, 2> y) const  // (N, D)
@@ -128,13 +128,14 @@ struct MLA {
 
 private:
     // Rows [h*(Dn+Dv), h*(Dn+Dv)+Dn) of kv_b_proj: W_UK of head h, (Dn, C).
+    // (A view of T, or a QuantizedView whose scales follow the rows.)
     WeightView w_uk(std::int64_t h) const { return kv_b_proj.cview().rows(h * (nope + vdim), h * (nope + vdim) + nope); }
     // The next Dv rows: W_UV of head h, (Dv, C).
     WeightView w_uv(std::int64_t h) const {
         return kv_b_proj.cview().rows(h * (nope + vdim) + nope, (h + 1) * (nope + vdim));
     }
 
-    void attend_absorbed(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const T, B, 3> pages,
+    void attend_absorbed(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const dense_t<T>, B, 3> pages,
                          View<const A, B, 3> q,  // (N, H, Dn+Dr)
                          View<A, B, 2> o) const  // (N, H*Dv)
     {
@@ -176,7 +177,7 @@ private:
         linear_group(ctx, per_head);
     }
 
-    void attend_naive(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const T, B, 3> pages,
+    void attend_naive(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const dense_t<T>, B, 3> pages,
                       View<const A, B, 3> q,  // (N, H, Dn+Dr)
                       View<A, B, 2> o) const  // (N, H*Dv)
     {

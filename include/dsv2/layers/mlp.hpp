@@ -50,9 +50,9 @@ struct MLP {
     DSV2_REQUIRE_BACKEND(B);
     using A = acc_t<T>;
 
-    Tensor<T, B, 2> gate_proj;  // (F, D)
-    Tensor<T, B, 2> up_proj;    // (F, D)
-    Tensor<T, B, 2> down_proj;  // (D, F)
+    Matrix<T, B> gate_proj;  // (F, D)
+    Matrix<T, B> up_proj;    // (F, D)
+    Matrix<T, B> down_proj;  // (D, F)
 
     MLP() = default;
     MLP(std::int64_t hidden, std::int64_t width)

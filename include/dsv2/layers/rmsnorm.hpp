@@ -10,7 +10,7 @@ struct RMSNorm {
     DSV2_REQUIRE_BACKEND(B);
     using A = acc_t<T>;
 
-    Tensor<T, B, 1> weight;  // (D)
+    Tensor<dense_t<T>, B, 1> weight;  // (D)
     double eps = 1e-6;
 
     RMSNorm() = default;

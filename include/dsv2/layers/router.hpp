@@ -201,7 +201,7 @@ struct Router {
                   "dsv2: a router policy needs experts_per_token() and route(logits, bias, E, scores, idx, "
                   "weight) (see layers/router.hpp and docs/variants.md)");
 
-    Tensor<T, B, 2> weight;                   // (E, D)   HF: mlp.gate.weight
+    Tensor<dense_t<T>, B, 2> weight;          // (E, D)   HF: mlp.gate.weight
     Tensor<A, B, 1> e_score_correction_bias;  // (E)      only for policies that use a bias
     Policy policy{};
 

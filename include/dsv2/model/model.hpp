@@ -44,10 +44,10 @@ public:
     using Cache = typename Attn::Cache;
 
     Config config;
-    Tensor<T, B, 2> embed_tokens;  // (V, D)  model.embed_tokens.weight
+    Tensor<dense_t<T>, B, 2> embed_tokens;  // (V, D)  model.embed_tokens.weight
     std::vector<DecoderLayer<T, B, Attn>> layers;
-    RMSNorm<T, B> norm;            // (D)     model.norm.weight
-    Tensor<T, B, 2> lm_head;       // (V, D)  lm_head.weight
+    RMSNorm<T, B> norm;                     // (D)     model.norm.weight
+    Matrix<T, B> lm_head;                   // (V, D)  lm_head.weight
     Rotary<T, B> rotary;
 
     // Allocates every weight with its shape; values come from a checkpoint

@@ -18,6 +18,18 @@ void upload(Context<B>& ctx, const std::vector<T>& host, Tensor<T, B, R>& t) {
     copy_to_device(ctx, host.data(), t.data(), t.numel());
 }
 
+// Quantized weights take f32 values and quantize them as they land, so a
+// loader holds at most one tensor's f32 copy (the int8 model of V2-Lite is
+// built within a few hundred MB of its final size).
+// (A template only so that CUDA-only translation units need no CPU context.)
+template <class B>
+    requires std::is_same_v<B, cpu>
+void upload(Context<B>& ctx, const std::vector<float>& host, QuantizedMatrix<B>& q) {
+    DSV2_CHECK(std::ssize(host) == q.numel(), ShapeError, "upload: {} values for an int8 matrix of shape {}",
+               host.size(), shape_str(q.shape()));
+    quantize_rows(host.data(), q.size(0), q.size(1), q.values.data(), q.scales.data(), ctx.threads);
+}
+
 template <class Module, class B>
 void init_random(Context<B>& ctx, Module& module, std::uint64_t seed) {
     std::mt19937_64 rng(seed);

@@ -1,4 +1,5 @@
-// y = x w^T for int8 weights with per-row scales (core/quantized.hpp).
+// y = x w^T and y = x w for int8 weights with per-row scales
+// (core/quantized.hpp).
 // Decode (N <= kGemvRows, f32 activations): the int8 rows are read in place,
 // by the VNNI kernel of gemv_q8.hpp where the CPU has it (activations as
 // 16-bit fixed point, integer dot products), else widened and FMA'd in f32;
@@ -35,6 +36,17 @@ struct GemvKernel<QuantizedView<cpu>> {
                   p.y.data, p.y.stride[0]);
         for (std::int64_t i = 0; i < p.x.shape[0]; ++i)
             for (std::int64_t r = r0; r < r1; ++r) p.y.data[i * p.y.stride[0] + r] *= p.w.scales.data[r];
+    }
+    // y = x w with w (K, M) = diag(s) q: scale the few activation rows by the
+    // row scales once, then stream the int8 columns in place.
+    static void cols(const P& p, std::int64_t c0, std::int64_t c1) {
+        const std::int64_t n = p.x.shape[0], k = p.x.shape[1];
+        thread_local std::vector<float> xs;  // at most kGemvRows * K floats; decode allocates once
+        xs.resize(static_cast<std::size_t>(n * k));
+        for (std::int64_t i = 0; i < n; ++i)
+            for (std::int64_t j = 0; j < k; ++j)
+                xs[static_cast<std::size_t>(i * k + j)] = p.x.data[i * p.x.stride[0] + j] * p.w.scales.data[j];
+        gemv_cols(xs.data(), k, n, p.w.values.data, p.w.values.stride[0], k, c0, c1, p.y.data, p.y.stride[0]);
     }
 };
 }  // namespace cpu_detail
@@ -76,6 +88,52 @@ void linear(Context<cpu>& ctx,
             }
             const Eigen::Map<const RowMat<A>> wb(wide.data(), m1 - m0, k);
             ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
+        }
+    }
+}
+
+// y = x w for int8 weights stored (K, M), one scale per row k: the W_UK
+// block of a quantized kv_b_proj (rows of the HF weight are this product's
+// inner dimension). Since w = diag(s) q, y = (x diag(s)) q: decode scales the
+// few activation rows once and streams the int8 columns in place; larger N
+// dequantizes column blocks for Eigen.
+template <class A>
+void matmul(Context<cpu>& ctx,
+            std::type_identity_t<View<const A, cpu, 2>> x,  // (N, K)
+            QuantizedView<cpu> w,                            // (K, M) int8 + (K) scales
+            View<A, cpu, 2> y)                               // (N, M)
+{
+    using namespace cpu_detail;
+    const std::int64_t n = x.shape[0], k = x.shape[1], m = w.values.shape[1];
+    check_product("matmul", n, k, w.values.shape[0], y.shape[0], y.shape[1], m,
+                  x.rows_contiguous() && w.values.rows_contiguous() && y.rows_contiguous() && w.scales.stride[0] == 1);
+    if (n == 0 || m == 0) return;
+    const std::int8_t* q = w.values.data;
+    const float* scales = w.scales.data;
+    const std::int64_t ldq = w.values.stride[0];
+    if constexpr (std::is_same_v<A, float>) {
+        if (n <= kGemvRows) {
+            const Product<A, QuantizedView<cpu>, cpu> p{x, w, y};
+            return gemv_group_cols(ctx, std::span(&p, 1));
+        }
+    }
+    const std::int64_t block = feature_block(m, ctx.threads);
+    const std::int64_t blocks = (m + block - 1) / block;
+    const auto xm = as_matrix<A>(x);
+    auto ym = as_matrix<A>(y);
+#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
+    {
+        std::vector<A> wide;
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t b = 0; b < blocks; ++b) {
+            const std::int64_t m0 = b * block, m1 = std::min(m, m0 + block), width = m1 - m0;
+            wide.resize(static_cast<std::size_t>(k * width));
+            for (std::int64_t j = 0; j < k; ++j) {
+                const A s = static_cast<A>(scales[j]);
+                for (std::int64_t c = 0; c < width; ++c) wide[static_cast<std::size_t>(j * width + c)] = s * q[j * ldq + m0 + c];
+            }
+            const Eigen::Map<const RowMat<A>> wb(wide.data(), k, width);
+            ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
         }
     }
 }

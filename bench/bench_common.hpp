@@ -12,6 +12,10 @@
 #include <chrono>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 namespace dsv2::bench {
 
 using Ctx = Context<cpu>;
@@ -23,10 +27,53 @@ inline double bandwidth_bytes_per_s() {
     return bw;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// Peak-rate probes: independent chains of 512-bit f32 FMAs (32 FLOP each) or
+// bf16 dot products (`vdpbf16ps`, 64 FLOP each) in registers only; returns
+// FLOP per second of one thread.
+template <bool Bf16>
+__attribute__((target("avx512f,avx512bf16"))) double peak_loop() {
+    constexpr int kChains = 16;
+    constexpr std::int64_t kIters = std::int64_t{1} << 22;
+    __m512 acc[kChains];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    const __m512 a = _mm512_set1_ps(1e-3f), b = _mm512_set1_ps(1e-3f);
+    const auto ah = _mm512_cvtne2ps_pbh(a, a), bh = _mm512_cvtne2ps_pbh(b, b);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::int64_t i = 0; i < kIters; ++i) {
+        for (auto& c : acc) {
+            if constexpr (Bf16) c = _mm512_dpbf16_ps(c, ah, bh);
+            else c = _mm512_fmadd_ps(a, b, c);
+        }
+        __asm__ volatile("" : "+v"(acc[0]));  // keep the loop
+    }
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    __m512 sum = acc[0];
+    for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
+    benchmark::DoNotOptimize(sum);
+    return (Bf16 ? 64.0 : 32.0) * kChains * static_cast<double>(kIters) / s;
+}
+
+// Peak FLOP/s of all benchmark threads: f32 FMA, or bf16 dot products where
+// the CPU has AVX512-BF16 (the rate the bf16 GEMM of linear() can reach).
+inline double peak_flops(bool bf16_dot) {
+    static const auto probe = [](bool bf) {
+        double total = 0;
+#pragma omp parallel num_threads(bench_threads()) reduction(+ : total)
+        total += bf ? peak_loop<true>() : peak_loop<false>();
+        return total;
+    };
+    static const double f32 = probe(false);
+    static const double bf = dsv2::cpu_detail::has_avx512_bf16() ? probe(true) : f32;
+    return bf16_dot ? bf : f32;
+}
+#endif
+
 // Times `body` in the benchmark loop and sets, per iteration, `bytes` and
 // `flops` as rates, plus `roofline` = achieved bytes/s over the probe's.
+// Returns the seconds timed, for further rates.
 template <class F>
-void run_timed(benchmark::State& state, double bytes, double flops, F&& body) {
+double run_timed(benchmark::State& state, double bytes, double flops, F&& body) {
     const double bw = bandwidth_bytes_per_s();
     double seconds = 0;
     for (auto _ : state) {
@@ -40,6 +87,7 @@ void run_timed(benchmark::State& state, double bytes, double flops, F&& body) {
     const double iters = static_cast<double>(state.iterations());
     state.counters["roofline"] = seconds > 0 ? bytes * iters / seconds / bw : 0.0;
     state.counters["probe_GBps"] = bw / 1e9;
+    return seconds;
 }
 
 // Random contents for a tensor (weights or cache pages).

@@ -1,6 +1,8 @@
 // Products y = x W^T at DeepSeek-V2-Lite shapes: decode (N = 1, GEMV,
 // memory-bound: compare `roofline` with 1) and prefill (N = 512, GEMM,
-// compute-bound: read `flops`).
+// compute-bound: read `flops`, and `flop_roofline`, the fraction of the peak
+// FLOP/s probe — bf16 dot products for bf16 weights on AVX512-BF16, f32 FMA
+// otherwise).
 #include "bench_common.hpp"
 
 namespace {
@@ -17,10 +19,17 @@ void BM_linear(benchmark::State& state) {
     bench::fill(w, 0.02);
     bench::fill(x);
     const double bytes = static_cast<double>(m * k) * sizeof(T) + 4.0 * static_cast<double>(n * (k + m));
-    bench::run_timed(state, bytes, 2.0 * static_cast<double>(n * m * k), [&] {
+    const double flops = 2.0 * static_cast<double>(n * m * k);
+    const double seconds = bench::run_timed(state, bytes, flops, [&] {
         linear(ctx, x.cview(), w.cview(), y.view());
         benchmark::DoNotOptimize(y.data());
     });
+#if defined(__x86_64__) && defined(__GNUC__)
+    const bool bf16_dot = std::is_same_v<T, bf16> && n > cpu_detail::kGemvRows;
+    const double peak = bench::peak_flops(bf16_dot);
+    if (seconds > 0) state.counters["flop_roofline"] = flops * static_cast<double>(state.iterations()) / seconds / peak;
+    state.counters["peak_GFLOPs"] = peak / 1e9;
+#endif
 }
 
 // int8 weights with per-row f32 scales (core/quantized.hpp).
@@ -48,8 +57,17 @@ void shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMicrosecond)->UseRealTime();
 }
 
+// {N, M, K} for the bf16 GEMM (gemm_bf16.hpp) on an expert's gate/up
+// projection: 16 and 64 tokens per expert (MoE prefill of a few hundred
+// tokens), and 512 (a dense projection over a whole 512-token prompt).
+void bf16_prefill(benchmark::internal::Benchmark* b) {
+    b->Args({16, 1408, 2048})->Args({64, 1408, 2048})->Args({512, 1408, 2048});
+    b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 BENCHMARK(BM_linear<float>)->Apply(shapes);
 BENCHMARK(BM_linear<bf16>)->Apply(shapes);
+BENCHMARK(BM_linear<bf16>)->Apply(bf16_prefill)->Name("BM_linear_bf16_prefill");
 BENCHMARK(BM_linear<f16>)->Apply(shapes);
 BENCHMARK(BM_linear_q8)->Apply(shapes);
 

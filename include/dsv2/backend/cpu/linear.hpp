@@ -14,6 +14,7 @@
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"
+#include "dsv2/backend/cpu/gemm_bf16.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
 #include "dsv2/backend/product.hpp"
 
@@ -180,6 +181,11 @@ void linear(Context<cpu>& ctx,
             const Product<A, View<const T, cpu, 2>, cpu> p{x, w, y};
             return gemv_group_rows(ctx, std::span(&p, 1));
         }
+    }
+    if constexpr (std::is_same_v<A, float> && std::is_same_v<T, bf16>) {
+        if (try_gemm_bf16(ctx, x.data, x.stride[0], n, w.data, w.stride[0], m, k, y.data, y.stride[0],
+                          n * m * k >= kParallelWork))
+            return;
     }
     const std::int64_t block = feature_block(m, ctx.threads);
     const std::int64_t blocks = (m + block - 1) / block;

@@ -16,11 +16,21 @@
 #include "dsv2/layers/rotary.hpp"
 #include "dsv2/layers/step.hpp"
 
+#include <algorithm>
 #include <vector>
 
 namespace dsv2 {
 
-enum class AttentionPath { absorbed, naive };
+// `automatic` (the default) picks per step by multiply-adds. With n new
+// tokens over a context of S rows, the absorbed path spends H·(2C + Dr) per
+// (query, key) pair where the naive one spends H·(Dn + Dr + Dv), 1088 against
+// 320 per head at DeepSeek-V2's shapes; the naive path pays instead to
+// decompress the S rows (H·C·(Dn + Dv) each) where the absorbed one absorbs
+// the n queries (the same per token). So the naive path is cheaper when
+// n·S·(2C − Dn − Dv) ≥ (S − n)·C·(Dn + Dv): always for a prefill from an
+// empty cache, never for decode. A step takes the naive path when every
+// sequence in it does (DeepSeek and vLLM split prefill and decode the same way).
+enum class AttentionPath { automatic, absorbed, naive };
 
 template <class T, class B>
 struct MLA {
@@ -42,7 +52,7 @@ struct MLA {
     std::int64_t heads = 0, nope = 0, rope = 0, vdim = 0, rank = 0;  // H, Dn, Dr, Dv, C
     bool q_lora = false;
     double softmax_scale = 1.0;
-    AttentionPath path = AttentionPath::absorbed;
+    AttentionPath path = AttentionPath::automatic;
 
     MLA() = default;
     explicit MLA(const Config& cfg)
@@ -66,6 +76,16 @@ struct MLA {
     using WeightView = decltype(o_proj.cview());
 
     std::int64_t q_dim() const { return nope + rope; }
+
+    // The path this step takes (see AttentionPath).
+    bool uses_naive(const Step<A, B>& step) const {
+        if (path != AttentionPath::automatic) return path == AttentionPath::naive;
+        return std::all_of(step.sequences.begin(), step.sequences.end(), [&](const auto& s) {
+            const double n = static_cast<double>(s.n_tokens), ctx_rows = static_cast<double>(s.context());
+            return n * ctx_rows * static_cast<double>(2 * rank - nope - vdim) >=
+                   (ctx_rows - n) * static_cast<double>(rank * (nope + vdim));
+        });
+    }
     std::int64_t latent_dim() const { return rank + rope; }
 
     template <class F>
@@ -118,7 +138,7 @@ struct MLA {
         cache_write(ctx, cview(latent), step.slots, cache.layer(layer));
 
         auto o = ws.template take<A>(std::array{n, heads * vdim});  // (N, H*Dv)
-        if (path == AttentionPath::absorbed) {
+        if (!uses_naive(step)) {
             attend_absorbed(ctx, ws, step, cache.layer(layer), cview(q), o);
         } else {
             attend_naive(ctx, ws, step, cache.layer(layer), cview(q), o);

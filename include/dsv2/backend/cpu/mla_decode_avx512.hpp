@@ -14,7 +14,8 @@
 // The result differs from the f32 reference only in f32 summation order.
 //
 // Kernels (16 zmm accumulators each, everything else streaming from L1):
-//   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys;
+//   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys, the
+//                       keys widened once per 4 into an L1 buffer (widen_keys);
 //   value_tile<MH>      O[h, c0:c0+32] = corr[h] O + Σ_j P[h, j] V[j, c0:c0+32]
 //                       for MH ≤ 8 heads;
 //   exp16               e^x for x ≤ 0, degree-7 polynomial after reducing by
@@ -92,21 +93,33 @@ DSV2_AVX512 inline void sum4(__m512 a, __m512 b, __m512 c, __m512 d, float* out)
     _mm512_storeu_ps(out, _mm512_add_ps(h, _mm512_maskz_shuffle_f32x4(0xffff, h, h, 0xb1)));
 }
 
-// s[h * lds + k] = q[h * ldq : +wp] · rows[k][0 : w] for MH heads × NK keys;
-// q permuted and zero-padded to wp = round_up(w, 32) lanes.
+// Keys rows[0, nk) widened into kb (nk rows of wp = round_up(w, 32) f32, permuted).
+DSV2_AVX512 inline void widen_keys(const bf16* const* rows, std::int64_t nk, std::int64_t w, float* kb) {
+    const std::int64_t wp = (w + 31) / 32 * 32;
+    for (std::int64_t k = 0; k < nk; ++k) {
+        for (std::int64_t c = 0; c < wp; c += 32) {
+            __m512 e, o;
+            widen_even_odd(rows[k] + c, mask32(c, w), e, o);
+            _mm512_storeu_ps(kb + k * wp + c, e);
+            _mm512_storeu_ps(kb + k * wp + c + 16, o);
+        }
+    }
+}
+
+// s[h * lds + k] = q[h * ldq : +wp] · kb[k * wp : +wp] for MH heads × NK keys,
+// both permuted and zero-padded to wp lanes.
 template <int MH, int NK>
-DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const bf16* const* rows, std::int64_t w,
-                            float* s, std::int64_t lds) {
+DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, std::int64_t wp, float* s,
+                            std::int64_t lds) {
     __m512 acc[MH][NK];
     for (auto& a : acc)
         for (auto& e : a) e = _mm512_setzero_ps();
-    for (std::int64_t c = 0; c < w; c += 32) {
-        const __mmask32 m = mask32(c, w);
-        __m512 ke[NK], ko[NK];
-        for (int k = 0; k < NK; ++k) widen_even_odd(rows[k] + c, m, ke[k], ko[k]);
+    for (std::int64_t c = 0; c < wp; c += 16) {
+        __m512 kv[NK];
+        for (int k = 0; k < NK; ++k) kv[k] = _mm512_loadu_ps(kb + k * wp + c);
         for (int h = 0; h < MH; ++h) {
-            const __m512 qe = _mm512_loadu_ps(q + h * ldq + c), qo = _mm512_loadu_ps(q + h * ldq + c + 16);
-            for (int k = 0; k < NK; ++k) acc[h][k] = _mm512_fmadd_ps(qo, ko[k], _mm512_fmadd_ps(qe, ke[k], acc[h][k]));
+            const __m512 qv = _mm512_loadu_ps(q + h * ldq + c);
+            for (int k = 0; k < NK; ++k) acc[h][k] = _mm512_fmadd_ps(qv, kv[k], acc[h][k]);
         }
     }
     for (int h = 0; h < MH; ++h) {
@@ -146,14 +159,14 @@ DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, co
 }
 
 template <int NK>
-DSV2_AVX512 void score_heads(const float* q, std::int64_t ldq, std::int64_t heads, const bf16* const* rows,
-                             std::int64_t w, float* s, std::int64_t lds) {
+DSV2_AVX512 void score_heads(const float* q, std::int64_t ldq, std::int64_t heads, const float* kb, float* s,
+                             std::int64_t lds) {
     std::int64_t h = 0;
-    for (; h + 4 <= heads; h += 4) score_tile<4, NK>(q + h * ldq, ldq, rows, w, s + h * lds, lds);
+    for (; h + 4 <= heads; h += 4) score_tile<4, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds);
     switch (heads - h) {
-        case 3: score_tile<3, NK>(q + h * ldq, ldq, rows, w, s + h * lds, lds); break;
-        case 2: score_tile<2, NK>(q + h * ldq, ldq, rows, w, s + h * lds, lds); break;
-        case 1: score_tile<1, NK>(q + h * ldq, ldq, rows, w, s + h * lds, lds); break;
+        case 3: score_tile<3, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
+        case 2: score_tile<2, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
+        case 1: score_tile<1, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
         default: break;
     }
 }
@@ -169,20 +182,24 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
     std::fill(sum, sum + heads, 0.0f);
     std::vector<const bf16*> rows(static_cast<std::size_t>(kFastTile));
     std::vector<float> scores(static_cast<std::size_t>(heads * kFastTile)), corr(static_cast<std::size_t>(heads));
+    std::vector<float> keys(static_cast<std::size_t>(4 * wp));
     float* s = scores.data();
+    float* kb = keys.data();
     for (std::int64_t j = s0; j < s1; j += kFastTile) {
         const std::int64_t n = std::min(kFastTile, s1 - j);
         for (std::int64_t i = 0; i < n; ++i)
             rows[static_cast<std::size_t>(i)] = pages + (table[(j + i) / page] * page + (j + i) % page) * w;
         const bf16* const* r = rows.data();
-        // S = q' Kᵀ, four keys at a time.
-        std::int64_t k = 0;
-        for (; k + 4 <= n; k += 4) score_heads<4>(q, wp, heads, r + k, w, s + k, kFastTile);
-        switch (n - k) {
-            case 3: score_heads<3>(q, wp, heads, r + k, w, s + k, kFastTile); break;
-            case 2: score_heads<2>(q, wp, heads, r + k, w, s + k, kFastTile); break;
-            case 1: score_heads<1>(q, wp, heads, r + k, w, s + k, kFastTile); break;
-            default: break;
+        // S = q' Kᵀ, four keys at a time, widened once into kb (L1) for all heads.
+        for (std::int64_t k = 0; k < n; k += 4) {
+            const std::int64_t nk = std::min<std::int64_t>(4, n - k);
+            widen_keys(r + k, nk, w, kb);
+            switch (nk) {
+                case 4: score_heads<4>(q, wp, heads, kb, s + k, kFastTile); break;
+                case 3: score_heads<3>(q, wp, heads, kb, s + k, kFastTile); break;
+                case 2: score_heads<2>(q, wp, heads, kb, s + k, kFastTile); break;
+                default: score_heads<1>(q, wp, heads, kb, s + k, kFastTile); break;
+            }
         }
         // Online softmax: P = e^(S - m_new) in place, corr = e^(m_old - m_new).
         for (std::int64_t h = 0; h < heads; ++h) {

@@ -7,9 +7,16 @@
 // (2 x 576 per token in bf16) and its arithmetic, not three f32 copies.
 //
 // Every head shares the tile (MQA with one latent head), so a tile is
-// S = Q Kᵀ (H x tile) and O += P V (H x C): two small GEMMs with an online
-// softmax between them. Long contexts are split over the threads, each with
-// its own running max, sum and output, merged at the end (flash-decoding).
+// S = Q Kᵀ (H x tile) and O += P V (H x C) with an online softmax between
+// them. Long contexts are split over the threads, each with its own running
+// max, sum and output, merged at the end (flash-decoding).
+//
+// Two implementations: a bf16 cache (the default for bf16 and int8 models) on
+// an AVX-512 CPU takes the hand-written kernels of mla_decode_avx512.hpp —
+// 128-row tiles of row pointers across pages, exact f32 products, about 50
+// GMAC/s per core, splitting from 2 x 512 keys; every other element type or
+// CPU takes the Eigen path below (page-sized tiles widened to f32, two small
+// GEMMs, ~16 GMAC/s), splitting from 2 x 256 keys.
 #pragma once
 
 #include "dsv2/backend/cpu/flash_decode.hpp"

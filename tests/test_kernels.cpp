@@ -3,7 +3,8 @@
 // the GEMV path against the same products through the GEMM path, and
 // split-context attention (flash_decode.hpp) against one-thread attention,
 // grouped products against one at a time, and the paged MLA decode kernel
-// against a double softmax over the rows in block-table order.
+// (its Eigen path and its bf16 AVX-512 path) against a double softmax over
+// the rows in block-table order.
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
@@ -38,6 +39,36 @@ void require_close(const std::vector<float>& a, const std::vector<double>& e, do
     }
     INFO("worst relative error " << worst << " at " << at << " of " << a.size());
     REQUIRE(worst <= tol);
+}
+
+
+// out[h, c] of one sequence in double: softmax(scale q Kᵀ) V over its first
+// `len` cached rows, read through the block table (pages of `page` rows of w).
+template <class T>
+std::vector<double> mla_reference(const std::vector<T>& pv, const float* q, std::int64_t ldq,
+                                  const std::vector<std::int32_t>& table, std::int64_t page, std::int64_t heads,
+                                  std::int64_t rank, std::int64_t w, std::int64_t len, double scale) {
+    std::vector<double> want;
+    for (std::int64_t h = 0; h < heads; ++h) {
+        std::vector<double> s(static_cast<std::size_t>(len));
+        double mx = -1e300;
+        for (std::int64_t j = 0; j < len; ++j) {
+            const T* row = pv.data() + (table[j / page] * page + j % page) * w;
+            double dot = 0;
+            for (std::int64_t c = 0; c < w; ++c) dot += double(q[h * ldq + c]) * dsv2::convert<double>(row[c]);
+            s[j] = scale * dot;
+            mx = std::max(mx, s[j]);
+        }
+        double den = 0;
+        for (auto& e : s) den += (e = std::exp(e - mx));
+        for (std::int64_t c = 0; c < rank; ++c) {
+            double acc = 0;
+            for (std::int64_t j = 0; j < len; ++j)
+                acc += s[j] * dsv2::convert<double>(pv[(table[j / page] * page + j % page) * w + c]);
+            want.push_back(acc / den);
+        }
+    }
+    return want;
 }
 
 }  // namespace
@@ -223,28 +254,52 @@ TEMPLATE_TEST_CASE("paged MLA decode equals attention over the gathered rows", "
                 dsv2::Tensor<float, cpu, 3> got({1, heads, rank});
                 dsv2::mla_decode(ctx, q, pages, tables, {len}, 0.3, got.view());
 
-                // The reference: the rows in order, softmax in double.
-                std::vector<double> want;
-                for (std::int64_t h = 0; h < heads; ++h) {
-                    std::vector<double> s(static_cast<std::size_t>(len));
-                    double mx = -1e300;
-                    for (std::int64_t j = 0; j < len; ++j) {
-                        const T* row = pv.data() + (table[j / page] * page + j % page) * w;
-                        double dot = 0;
-                        for (std::int64_t c = 0; c < w; ++c) dot += double(qv[h * w + c]) * dsv2::convert<double>(row[c]);
-                        s[j] = 0.3 * dot;
-                        mx = std::max(mx, s[j]);
-                    }
-                    double den = 0;
-                    for (auto& e : s) den += (e = std::exp(e - mx));
-                    for (std::int64_t c = 0; c < rank; ++c) {
-                        double acc = 0;
-                        for (std::int64_t j = 0; j < len; ++j)
-                            acc += s[j] * dsv2::convert<double>(pv[(table[j / page] * page + j % page) * w + c]);
-                        want.push_back(acc / den);
-                    }
-                }
+                const auto want = mla_reference(pv, qv.data(), w, table, page, heads, rank, w, len, 0.3);
                 require_close(std::vector<float>(got.data(), got.data() + got.numel()), want, 2e-5);
+            }
+        }
+    }
+}
+
+// The bf16 cache's AVX-512 path (mla_decode_avx512.hpp; the Eigen path on
+// other CPUs): head counts around its 4-head score and 8-head value tiles,
+// widths around its 32-lane blocks (V2-Lite's 512 + 64 among them), lengths
+// around its 128-row tiles and the 512 keys a thread needs before the context
+// is split, and two sequences of different lengths in one call.
+TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered rows", "[kernels]") {
+    using T = dsv2::bf16;
+    struct Shape { std::int64_t heads, rank, rope; };
+    for (const Shape sh : {Shape{1, 24, 8}, Shape{3, 40, 9}, Shape{16, 512, 64}, Shape{5, 64, 32}, Shape{4, 20, 8}}) {
+        const std::int64_t heads = sh.heads, rank = sh.rank, w = sh.rank + sh.rope;
+        const double scale = 2.0 / std::sqrt(double(w));
+        for (std::int64_t page : {3, 16, 64}) {
+            for (const auto& lens : {std::vector<std::int64_t>{1, 3}, std::vector<std::int64_t>{127, 129},
+                                     std::vector<std::int64_t>{1023, 128}, std::vector<std::int64_t>{2100, 515}}) {
+                for (int threads : {1, 2}) {
+                    INFO(heads << " heads, width " << rank << " + " << sh.rope << ", page " << page << ", contexts "
+                               << lens[0] << " and " << lens[1] << ", " << threads << " threads");
+                    const std::int64_t blocks = (std::max(lens[0], lens[1]) + page - 1) / page,
+                                       n_pages = 2 * blocks + 1;
+                    std::vector<std::int32_t> perm(static_cast<std::size_t>(n_pages));
+                    std::iota(perm.begin(), perm.end(), 0);
+                    std::shuffle(perm.begin(), perm.end(), std::mt19937(static_cast<std::uint32_t>(lens[0] + w)));
+                    const std::vector<std::int32_t> table(perm.begin(), perm.begin() + 2 * blocks);  // (2, blocks)
+                    const std::vector<std::int32_t> t0(table.begin(), table.begin() + blocks),
+                        t1(table.begin() + blocks, table.end());
+                    const auto pv = random_values<T>(static_cast<std::size_t>(n_pages * page * w), 30);
+                    const auto qv = random_values<float>(static_cast<std::size_t>(2 * heads * w), 31);
+                    dsv2::Context<cpu> ctx(threads);
+                    dsv2::Tensor<float, cpu, 3> got({2, heads, rank});
+                    dsv2::mla_decode(ctx, dsv2::View<const float, cpu, 3>(qv.data(), {2, heads, w}),
+                                     dsv2::View<const T, cpu, 3>(pv.data(), {n_pages, page, w}),
+                                     dsv2::View<const std::int32_t, cpu, 2>(table.data(), {2, blocks}), lens, scale,
+                                     got.view());
+                    auto want = mla_reference(pv, qv.data(), w, t0, page, heads, rank, w, lens[0], scale);
+                    const auto want1 = mla_reference(pv, qv.data() + heads * w, w, t1, page, heads, rank, w, lens[1],
+                                                     scale);
+                    want.insert(want.end(), want1.begin(), want1.end());
+                    require_close(std::vector<float>(got.data(), got.data() + got.numel()), want, 2e-5);
+                }
             }
         }
     }

@@ -1,0 +1,260 @@
+// The AVX-512 kernels of MLA decode for a bf16 latent cache (the default
+// cache of bf16 and int8 models); mla_decode.hpp chooses them at run time
+// and keeps its Eigen path for the other element types and other CPUs.
+//
+// Arithmetic is f32 throughout and exact per product: a bf16 number is the
+// top half of an f32, so 32 bf16 lanes loaded as sixteen 32-bit words widen
+// with one instruction per half — the even lanes by a 16-bit left shift, the
+// odd lanes by masking off the low half. The widened vectors hold lanes in
+// the order (0, 2, ..., 30 | 1, 3, ..., 31) of each 32-lane block, so
+//   - the query is stored once per call in that order (and pre-scaled), and
+//     a score is a plain dot product of permuted query and permuted key;
+//   - the output accumulates in that order and the final merge reads it back
+//     through `lane_of`.
+// The result differs from the f32 reference only in f32 summation order.
+//
+// Kernels (16 zmm accumulators each, everything else streaming from L1):
+//   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys, the
+//                       keys widened once per 4 into an L1 buffer (widen_keys);
+//   value_tile<MH>      O[h, c0:c0+32] = corr[h] O + Σ_j P[h, j] V[j, c0:c0+32]
+//                       for MH ≤ 8 heads;
+//   exp16               e^x for x ≤ 0, degree-7 polynomial after reducing by
+//                       ln 2, relative error a few f32 ulps.
+// A tile gathers up to kFastTile row pointers through the block table, so
+// tiles do not stop at page boundaries.
+#pragma once
+
+#include "dsv2/backend/cpu/gemv.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace dsv2::cpu_detail {
+
+// Rows per tile of the fast path: 128 rows of keys are 144 KiB of bf16 (L2),
+// their 32-lane value slices 8 KiB (L1), and the probabilities of 16 heads 8 KiB.
+inline constexpr std::int64_t kFastTile = 128;
+
+// Where column c of a row sits in the permuted (even | odd per 32 lanes) order.
+inline std::int64_t lane_of(std::int64_t c) { return c / 32 * 32 + (c % 2) * 16 + c % 32 / 2; }
+
+#if DSV2_X86_KERNELS
+
+// Lanes [c, c + 32) of a row with `n` lanes: the mask of the valid ones.
+inline __mmask32 mask32(std::int64_t c, std::int64_t n) {
+    const std::int64_t left = std::clamp<std::int64_t>(n - c, 0, 32);
+    return left == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1u);
+}
+
+// The even and odd bf16 lanes of 32 as f32 (see the header comment).
+DSV2_AVX512 inline void widen_even_odd(const bf16* p, __mmask32 m, __m512& even, __m512& odd) {
+    const __m512i x = _mm512_maskz_loadu_epi16(m, p);
+    even = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, x, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// e^x for x ≤ 0 (x = -inf gives 0).
+DSV2_AVX512 inline __m512 exp16(__m512 x) {
+    x = _mm512_maskz_max_ps(0xffff, x, _mm512_set1_ps(-104.0f));  // e^-104 is 0 in f32
+    const __m512 n = _mm512_maskz_roundscale_ps(0xffff, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2, split in two
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);  // |r| ≤ ln 2 / 2
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(0xffff, p, n);
+}
+
+// The largest lane (the zero-masked forms above dodge GCC 12's
+// -Wmaybe-uninitialized, as in gemv.hpp).
+DSV2_AVX512 inline float hmax(__m512 v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    return *std::max_element(t, t + 16);
+}
+
+// The sums of four vectors' lanes into out[0..3] (out holds 16 floats).
+DSV2_AVX512 inline void sum4(__m512 a, __m512 b, __m512 c, __m512 d, float* out) {
+    // Pairs interleaved, then each 128-bit lane holds partial sums of a, b, c, d.
+    const __m512 ab = _mm512_add_ps(_mm512_maskz_unpacklo_ps(0xffff, a, b), _mm512_maskz_unpackhi_ps(0xffff, a, b));  // a b a b
+    const __m512 cd = _mm512_add_ps(_mm512_maskz_unpacklo_ps(0xffff, c, d), _mm512_maskz_unpackhi_ps(0xffff, c, d));  // c d c d
+    const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xee));
+    // Fold the four 128-bit lanes: swap halves, then swap pairs.
+    const __m512 h = _mm512_add_ps(abcd, _mm512_maskz_shuffle_f32x4(0xffff, abcd, abcd, 0x4e));
+    _mm512_storeu_ps(out, _mm512_add_ps(h, _mm512_maskz_shuffle_f32x4(0xffff, h, h, 0xb1)));
+}
+
+// Keys rows[0, nk) widened into kb (nk rows of wp = round_up(w, 32) f32, permuted).
+DSV2_AVX512 inline void widen_keys(const bf16* const* rows, std::int64_t nk, std::int64_t w, float* kb) {
+    const std::int64_t wp = (w + 31) / 32 * 32;
+    for (std::int64_t k = 0; k < nk; ++k) {
+        for (std::int64_t c = 0; c < wp; c += 32) {
+            __m512 e, o;
+            widen_even_odd(rows[k] + c, mask32(c, w), e, o);
+            _mm512_storeu_ps(kb + k * wp + c, e);
+            _mm512_storeu_ps(kb + k * wp + c + 16, o);
+        }
+    }
+}
+
+// s[h * lds + k] = q[h * ldq : +wp] · kb[k * wp : +wp] for MH heads × NK keys,
+// both permuted and zero-padded to wp lanes.
+template <int MH, int NK>
+DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, std::int64_t wp, float* s,
+                            std::int64_t lds) {
+    __m512 acc[MH][NK];
+    for (auto& a : acc)
+        for (auto& e : a) e = _mm512_setzero_ps();
+    for (std::int64_t c = 0; c < wp; c += 16) {
+        __m512 kv[NK];
+        for (int k = 0; k < NK; ++k) kv[k] = _mm512_loadu_ps(kb + k * wp + c);
+        for (int h = 0; h < MH; ++h) {
+            const __m512 qv = _mm512_loadu_ps(q + h * ldq + c);
+            for (int k = 0; k < NK; ++k) acc[h][k] = _mm512_fmadd_ps(qv, kv[k], acc[h][k]);
+        }
+    }
+    for (int h = 0; h < MH; ++h) {
+        float t[16];
+        const __m512 z = _mm512_setzero_ps();
+        sum4(acc[h][0], NK > 1 ? acc[h][NK > 1 ? 1 : 0] : z, NK > 2 ? acc[h][NK > 2 ? 2 : 0] : z,
+             NK > 3 ? acc[h][NK > 3 ? 3 : 0] : z, t);
+        for (int k = 0; k < NK; ++k) s[h * lds + k] = t[k];
+    }
+}
+
+// o[h * ldo : +32] = corr[h] · o + Σ_j p[h * ldp + j] · rows[j][c0 : c0 + 32]
+// for MH heads; o in the permuted order, lanes at or past `rank` read as 0.
+template <int MH>
+DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, const bf16* const* rows,
+                            std::int64_t c0, std::int64_t rank, const float* corr, float* o, std::int64_t ldo) {
+    const __mmask32 m = mask32(c0, rank);
+    __m512 acc[MH][2];
+    for (int h = 0; h < MH; ++h) {
+        const __m512 f = _mm512_set1_ps(corr[h]);
+        acc[h][0] = _mm512_mul_ps(f, _mm512_loadu_ps(o + h * ldo));
+        acc[h][1] = _mm512_mul_ps(f, _mm512_loadu_ps(o + h * ldo + 16));
+    }
+    for (std::int64_t j = 0; j < n; ++j) {
+        __m512 ve, vo;
+        widen_even_odd(rows[j] + c0, m, ve, vo);
+        for (int h = 0; h < MH; ++h) {
+            const __m512 pj = _mm512_set1_ps(p[h * ldp + j]);
+            acc[h][0] = _mm512_fmadd_ps(pj, ve, acc[h][0]);
+            acc[h][1] = _mm512_fmadd_ps(pj, vo, acc[h][1]);
+        }
+    }
+    for (int h = 0; h < MH; ++h) {
+        _mm512_storeu_ps(o + h * ldo, acc[h][0]);
+        _mm512_storeu_ps(o + h * ldo + 16, acc[h][1]);
+    }
+}
+
+template <int NK>
+DSV2_AVX512 void score_heads(const float* q, std::int64_t ldq, std::int64_t heads, const float* kb, float* s,
+                             std::int64_t lds) {
+    std::int64_t h = 0;
+    for (; h + 4 <= heads; h += 4) score_tile<4, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds);
+    switch (heads - h) {
+        case 3: score_tile<3, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
+        case 2: score_tile<2, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
+        case 1: score_tile<1, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
+        default: break;
+    }
+}
+
+// Softmax state of one split, the fast path's twin of DecodePartial: the
+// output is (H, round_up(C, 32)) in the permuted order.
+DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, std::int64_t w, std::int64_t rank,
+                                          const bf16* pages, std::int64_t page, const std::int32_t* table,
+                                          std::int64_t s0, std::int64_t s1, float* o, float* max, float* sum) {
+    const std::int64_t wp = (w + 31) / 32 * 32, rp = (rank + 31) / 32 * 32;
+    std::fill(o, o + heads * rp, 0.0f);
+    std::fill(max, max + heads, -std::numeric_limits<float>::infinity());
+    std::fill(sum, sum + heads, 0.0f);
+    std::vector<const bf16*> rows(static_cast<std::size_t>(kFastTile));
+    std::vector<float> scores(static_cast<std::size_t>(heads * kFastTile)), corr(static_cast<std::size_t>(heads));
+    std::vector<float> keys(static_cast<std::size_t>(4 * wp));
+    float* s = scores.data();
+    float* kb = keys.data();
+    for (std::int64_t j = s0; j < s1; j += kFastTile) {
+        const std::int64_t n = std::min(kFastTile, s1 - j);
+        for (std::int64_t i = 0; i < n; ++i)
+            rows[static_cast<std::size_t>(i)] = pages + (table[(j + i) / page] * page + (j + i) % page) * w;
+        const bf16* const* r = rows.data();
+        // S = q' Kᵀ, four keys at a time, widened once into kb (L1) for all heads.
+        for (std::int64_t k = 0; k < n; k += 4) {
+            const std::int64_t nk = std::min<std::int64_t>(4, n - k);
+            widen_keys(r + k, nk, w, kb);
+            switch (nk) {
+                case 4: score_heads<4>(q, wp, heads, kb, s + k, kFastTile); break;
+                case 3: score_heads<3>(q, wp, heads, kb, s + k, kFastTile); break;
+                case 2: score_heads<2>(q, wp, heads, kb, s + k, kFastTile); break;
+                default: score_heads<1>(q, wp, heads, kb, s + k, kFastTile); break;
+            }
+        }
+        // Online softmax: P = e^(S - m_new) in place, corr = e^(m_old - m_new).
+        for (std::int64_t h = 0; h < heads; ++h) {
+            float* sh = s + h * kFastTile;
+            __m512 mv = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+            for (std::int64_t i = 0; i < n; i += 16) {
+                const auto mk = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+                mv = _mm512_maskz_max_ps(0xffff, mv, _mm512_mask_loadu_ps(mv, mk, sh + i));
+            }
+            const float m_new = std::max(max[h], hmax(mv));
+            corr[static_cast<std::size_t>(h)] = std::exp(max[h] - m_new);  // 0 on the first tile
+            const __m512 mb = _mm512_set1_ps(m_new);
+            __m512 acc = _mm512_setzero_ps();
+            for (std::int64_t i = 0; i < n; i += 16) {
+                const auto mk = static_cast<__mmask16>(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1u);
+                const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sh + i), mb));
+                _mm512_mask_storeu_ps(sh + i, mk, e);
+                acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(mk, e));
+            }
+            sum[h] = sum[h] * corr[static_cast<std::size_t>(h)] + hsum(acc);
+            max[h] = m_new;
+        }
+        // O = corr O + P V, 32 columns × 8 heads at a time.
+        for (std::int64_t c = 0; c < rp; c += 32) {
+            std::int64_t h = 0;
+            const float* cf = corr.data();
+            for (; h + 8 <= heads; h += 8) value_tile<8>(s + h * kFastTile, kFastTile, n, r, c, rank, cf + h, o + h * rp + c, rp);
+            const float* ph = s + h * kFastTile;
+            float* oh = o + h * rp + c;
+            switch (heads - h) {
+                case 7: value_tile<7>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 6: value_tile<6>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 5: value_tile<5>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 4: value_tile<4>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 3: value_tile<3>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 2: value_tile<2>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 1: value_tile<1>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                default: break;
+            }
+        }
+    }
+}
+
+// q (H rows of w lanes, row stride ldq) · scale into qp (H, round_up(w, 32)),
+// permuted, the padding zero.
+inline void permute_query(const float* q, std::int64_t ldq, std::int64_t heads, std::int64_t w, float scale,
+                          float* qp) {
+    const std::int64_t wp = (w + 31) / 32 * 32;
+    for (std::int64_t h = 0; h < heads; ++h) {
+        float* dst = qp + h * wp;
+        std::fill(dst, dst + wp, 0.0f);
+        for (std::int64_t c = 0; c < w; ++c) dst[lane_of(c)] = q[h * ldq + c] * scale;
+    }
+}
+
+#endif  // DSV2_X86_KERNELS
+
+}  // namespace dsv2::cpu_detail

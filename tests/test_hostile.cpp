@@ -204,7 +204,7 @@ TEST_CASE("load: an F32 weight beyond f16's range is a clear error in f16, exact
     const TempDir dir;
     std::filesystem::copy_file(c.dir / "config.json", dir / "config.json");
     auto entries = entries_of(c.dir / "model.safetensors");
-    const std::string target = "model.layers.1.mlp.gate.weight";
+    const std::string target = "model.layers.1.self_attn.o_proj.weight";
     bool found = false;
     for (auto& e : entries) {
         if (e.name != target) continue;

@@ -222,25 +222,24 @@ TEMPLATE_TEST_CASE("MLA fed token by token or in chunks, sequences interleaved, 
 }
 
 TEST_CASE("the automatic attention path: naive for prefill, absorbed for decode, by multiply-adds", "[mla][paths]") {
-    const MLA<float, cpu> mla(Config::deepseek_v2_lite());
+    MLA<float, cpu> mla(Config::deepseek_v2_lite());
     using Seq = Step<float, cpu>::Sequence;
     auto step_of = [](std::vector<Seq> seqs) {
         Step<float, cpu> step;
         step.sequences = std::move(seqs);
         return step;
     };
-    // C = 512, Dn = Dv = 128: naive iff n·S·512 >= (S - n)·512·256, i.e. n·S >= 256·(S - n).
+    // C = 512, Dn = Dv = 128: naive iff n·S·768 >= (S - n)·512·256, i.e. n·S >= 170.7·(S - n).
     REQUIRE(mla.path == AttentionPath::automatic);
     CHECK(mla.uses_naive(step_of({Seq{0, 0, 512, 0, {}}})));           // prefill from empty
     CHECK(mla.uses_naive(step_of({Seq{0, 0, 1, 0, {}}})));             // a one-token prompt: equal cost
     CHECK_FALSE(mla.uses_naive(step_of({Seq{0, 0, 1, 4095, {}}})));    // decode
-    CHECK_FALSE(mla.uses_naive(step_of({Seq{0, 0, 200, 4000, {}}})));  // 200·4200 < 256·4000
-    CHECK(mla.uses_naive(step_of({Seq{0, 0, 300, 4000, {}}})));        // 300·4300 >= 256·4000
+    CHECK_FALSE(mla.uses_naive(step_of({Seq{0, 0, 150, 4000, {}}})));  // 150·4150 < 170.7·4000
+    CHECK(mla.uses_naive(step_of({Seq{0, 0, 200, 4000, {}}})));        // 200·4200 >= 170.7·4000
     // A step goes naive only if every sequence does.
     CHECK_FALSE(mla.uses_naive(step_of({Seq{0, 0, 512, 0, {}}, Seq{1, 512, 1, 4095, {}}})));
-    MLA<float, cpu> forced = mla;
-    forced.path = AttentionPath::absorbed;
-    CHECK_FALSE(forced.uses_naive(step_of({Seq{0, 0, 512, 0, {}}})));
-    forced.path = AttentionPath::naive;
-    CHECK(forced.uses_naive(step_of({Seq{0, 0, 1, 4095, {}}})));
+    mla.path = AttentionPath::absorbed;
+    CHECK_FALSE(mla.uses_naive(step_of({Seq{0, 0, 512, 0, {}}})));
+    mla.path = AttentionPath::naive;
+    CHECK(mla.uses_naive(step_of({Seq{0, 0, 1, 4095, {}}})));
 }

@@ -176,7 +176,7 @@ TEMPLATE_TEST_CASE("Router with an identity gate reproduces router_v2 and router
         REQUIRE(router.uses_bias() == (dir == "router_v3"));
         std::vector<double> eye(static_cast<std::size_t>(e * e), 0.0);
         for (std::int64_t i = 0; i < e; ++i) eye[static_cast<std::size_t>(i * e + i)] = 1.0;
-        router.weight = make_tensor<T, 2>(eye, {e, e});
+        router.weight = make_tensor<A, 2>(eye, {e, e});
         if (router.uses_bias()) router.e_score_correction_bias = make_tensor<A, 1>(c.f64("bias"), {e});
 
         const auto x = make_tensor<A, 2>(c.f64("logits"), {n, e});

@@ -201,7 +201,11 @@ struct Router {
                   "dsv2: a router policy needs experts_per_token() and route(logits, bias, E, scores, idx, "
                   "weight) (see layers/router.hpp and docs/variants.md)");
 
-    Tensor<dense_t<T>, B, 2> weight;          // (E, D)   HF: mlp.gate.weight
+    // The gate is held in the arithmetic type A (f32 for 16-bit and int8
+    // models, loaded exactly): expert choice is a discrete decision, and a
+    // near-tie must not flip on how a product rounds (e.g. bf16 activations
+    // in the prefill GEMM). It is E x D, small next to the experts.
+    Tensor<A, B, 2> weight;                   // (E, D)   HF: mlp.gate.weight
     Tensor<A, B, 1> e_score_correction_bias;  // (E)      only for policies that use a bias
     Policy policy{};
 

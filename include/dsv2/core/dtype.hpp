@@ -157,9 +157,9 @@ struct DTypeTraits<q8> {
 };
 
 // Storage of everything that stays dense when linear weights are int8: norm
-// weights, the router gate (a small change flips which expert runs), the
-// embedding table (one row read per token, so quantizing saves no
-// bandwidth) and the latent cache. T itself for every other element type.
+// weights, the embedding table (one row read per token, so quantizing saves
+// no bandwidth) and the latent cache. T itself for every other element type.
+// (The router gate is held in acc_t<T>: layers/router.hpp.)
 template <class T>
 using dense_t = std::conditional_t<std::is_same_v<T, q8>, bf16, T>;
 

@@ -50,6 +50,21 @@ inline std::int64_t feature_block(std::int64_t m, int threads) {
     return std::max<std::int64_t>(16, (target + 15) / 16 * 16);
 }
 
+// The GEMM path of every product: splits the m output features into blocks
+// (feature_block), one task each over the threads, and calls
+// f(m0, m1, wide) with a per-thread buffer for widened weight blocks.
+template <class A, class F>
+void for_feature_blocks(Context<cpu>& ctx, std::int64_t m, bool parallel, F&& f) {
+    const std::int64_t block = feature_block(m, ctx.threads);
+    const std::int64_t blocks = (m + block - 1) / block;
+#pragma omp parallel num_threads(ctx.threads) if (parallel)
+    {
+        std::vector<A> wide;
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t b = 0; b < blocks; ++b) f(b * block, std::min(m, (b + 1) * block), wide);
+    }
+}
+
 // Widen rows [r0, r1) x cols [c0, c1) of a storage-typed matrix into `dst`
 // (row-major, leading dimension c1 - c0).
 template <class A, class T>
@@ -187,27 +202,19 @@ void linear(Context<cpu>& ctx,
                           n * m * k >= kParallelWork))
             return;
     }
-    const std::int64_t block = feature_block(m, ctx.threads);
-    const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);
-#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
-    {
-        std::vector<A> wide;
-#pragma omp for schedule(dynamic, 1)
-        for (std::int64_t b = 0; b < blocks; ++b) {
-            const std::int64_t m0 = b * block, m1 = std::min(m, m0 + block);
-            if constexpr (std::is_same_v<T, A>) {
-                const auto wb = as_matrix<A>(w.rows(m0, m1));
-                ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
-            } else {
-                wide.resize(static_cast<std::size_t>((m1 - m0) * k));
-                widen<A>(w, m0, m1, 0, k, wide.data());
-                const Eigen::Map<const RowMat<A>> wb(wide.data(), m1 - m0, k);
-                ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
-            }
+    for_feature_blocks<A>(ctx, m, n * m * k >= kParallelWork, [&](std::int64_t m0, std::int64_t m1, std::vector<A>& wide) {
+        if constexpr (std::is_same_v<T, A>) {
+            const auto wb = as_matrix<A>(w.rows(m0, m1));
+            ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
+        } else {
+            wide.resize(static_cast<std::size_t>((m1 - m0) * k));
+            widen<A>(w, m0, m1, 0, k, wide.data());
+            const Eigen::Map<const RowMat<A>> wb(wide.data(), m1 - m0, k);
+            ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
         }
-    }
+    });
 }
 
 // y = x w, for weights stored (K, M) — e.g. the W_UK block of kv_b_proj that
@@ -229,27 +236,19 @@ void matmul(Context<cpu>& ctx,
             return gemv_group_cols(ctx, std::span(&p, 1));
         }
     }
-    const std::int64_t block = feature_block(m, ctx.threads);
-    const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);
-#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
-    {
-        std::vector<A> wide;
-#pragma omp for schedule(dynamic, 1)
-        for (std::int64_t b = 0; b < blocks; ++b) {
-            const std::int64_t m0 = b * block, m1 = std::min(m, m0 + block);
-            if constexpr (std::is_same_v<T, A>) {
-                const auto wb = as_matrix<A>(w.cols(m0, m1));
-                ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
-            } else {
-                wide.resize(static_cast<std::size_t>((m1 - m0) * k));
-                widen<A>(w, 0, k, m0, m1, wide.data());
-                const Eigen::Map<const RowMat<A>> wb(wide.data(), k, m1 - m0);
-                ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
-            }
+    for_feature_blocks<A>(ctx, m, n * m * k >= kParallelWork, [&](std::int64_t m0, std::int64_t m1, std::vector<A>& wide) {
+        if constexpr (std::is_same_v<T, A>) {
+            const auto wb = as_matrix<A>(w.cols(m0, m1));
+            ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
+        } else {
+            wide.resize(static_cast<std::size_t>((m1 - m0) * k));
+            widen<A>(w, 0, k, m0, m1, wide.data());
+            const Eigen::Map<const RowMat<A>> wb(wide.data(), k, m1 - m0);
+            ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
         }
-    }
+    });
 }
 
 }  // namespace dsv2

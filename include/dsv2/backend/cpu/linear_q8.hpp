@@ -71,25 +71,17 @@ void linear(Context<cpu>& ctx,
             return gemv_group_rows(ctx, std::span(&p, 1));
         }
     }
-    const std::int64_t block = feature_block(m, ctx.threads);
-    const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);
-#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
-    {
-        std::vector<A> wide;
-#pragma omp for schedule(dynamic, 1)
-        for (std::int64_t b = 0; b < blocks; ++b) {
-            const std::int64_t m0 = b * block, m1 = std::min(m, m0 + block);
-            wide.resize(static_cast<std::size_t>((m1 - m0) * k));
-            for (std::int64_t r = m0; r < m1; ++r) {
-                const A s = static_cast<A>(scales[r]);
-                for (std::int64_t j = 0; j < k; ++j) wide[static_cast<std::size_t>((r - m0) * k + j)] = s * q[r * ldq + j];
-            }
-            const Eigen::Map<const RowMat<A>> wb(wide.data(), m1 - m0, k);
-            ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
+    for_feature_blocks<A>(ctx, m, n * m * k >= kParallelWork, [&](std::int64_t m0, std::int64_t m1, std::vector<A>& wide) {
+        wide.resize(static_cast<std::size_t>((m1 - m0) * k));
+        for (std::int64_t r = m0; r < m1; ++r) {
+            const A s = static_cast<A>(scales[r]);
+            for (std::int64_t j = 0; j < k; ++j) wide[static_cast<std::size_t>((r - m0) * k + j)] = s * q[r * ldq + j];
         }
-    }
+        const Eigen::Map<const RowMat<A>> wb(wide.data(), m1 - m0, k);
+        ym.middleCols(m0, m1 - m0).noalias() = xm * wb.transpose();
+    });
 }
 
 // y = x w for int8 weights stored (K, M), one scale per row k: the W_UK
@@ -117,25 +109,18 @@ void matmul(Context<cpu>& ctx,
             return gemv_group_cols(ctx, std::span(&p, 1));
         }
     }
-    const std::int64_t block = feature_block(m, ctx.threads);
-    const std::int64_t blocks = (m + block - 1) / block;
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);
-#pragma omp parallel num_threads(ctx.threads) if (n * m * k >= kParallelWork)
-    {
-        std::vector<A> wide;
-#pragma omp for schedule(dynamic, 1)
-        for (std::int64_t b = 0; b < blocks; ++b) {
-            const std::int64_t m0 = b * block, m1 = std::min(m, m0 + block), width = m1 - m0;
-            wide.resize(static_cast<std::size_t>(k * width));
-            for (std::int64_t j = 0; j < k; ++j) {
-                const A s = static_cast<A>(scales[j]);
-                for (std::int64_t c = 0; c < width; ++c) wide[static_cast<std::size_t>(j * width + c)] = s * q[j * ldq + m0 + c];
-            }
-            const Eigen::Map<const RowMat<A>> wb(wide.data(), k, width);
-            ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
+    for_feature_blocks<A>(ctx, m, n * m * k >= kParallelWork, [&](std::int64_t m0, std::int64_t m1, std::vector<A>& wide) {
+        const std::int64_t width = m1 - m0;
+        wide.resize(static_cast<std::size_t>(k * width));
+        for (std::int64_t j = 0; j < k; ++j) {
+            const A s = static_cast<A>(scales[j]);
+            for (std::int64_t c = 0; c < width; ++c) wide[static_cast<std::size_t>(j * width + c)] = s * q[j * ldq + m0 + c];
         }
-    }
+        const Eigen::Map<const RowMat<A>> wb(wide.data(), k, width);
+        ym.middleCols(m0, m1 - m0).noalias() = xm * wb;
+    });
 }
 
 }  // namespace dsv2

@@ -2,9 +2,8 @@
 # Installs the Debian 12 packages dsv2 builds with (as root; skipped when present).
 set -euo pipefail
 packages=(build-essential cmake libeigen3-dev libfmt-dev catch2 nlohmann-json3-dev libcli11-dev libbenchmark-dev)
-# scripts/fuzz.sh sets DSV2_WITH_CLANG=1: libFuzzer and clang's sanitizer runtimes, and
-# LLVM's OpenMP for clang. (The sanitizer test build uses GCC's libasan/libubsan,
-# which build-essential already brings.)
+# scripts/fuzz.sh and scripts/sanitize.sh set DSV2_WITH_CLANG=1: clang, its
+# sanitizer runtimes and libFuzzer, and LLVM's OpenMP for clang.
 if [ "${DSV2_WITH_CLANG:-0}" = 1 ]; then
   packages+=(clang libclang-rt-14-dev libomp-dev)
 fi

@@ -16,6 +16,7 @@
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define DSV2_TEST_HAVE_X86 1
 #endif
@@ -84,10 +85,15 @@ const F16Grid& grid() {
 #if DSV2_TEST_HAVE_X86
 // The hardware conversion (round to nearest even), used where the CPU has F16C.
 __attribute__((target("f16c"))) std::uint16_t f16c_encode(float f) {
-    return static_cast<std::uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m128i h = _mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return static_cast<std::uint16_t>(_mm_extract_epi16(h, 0));
 }
 __attribute__((target("f16c"))) float f16c_decode(std::uint16_t h) { return _cvtsh_ss(h); }
-bool have_f16c() { return __builtin_cpu_supports("f16c"); }
+// CPUID leaf 1, ECX bit 29 (clang 14's __builtin_cpu_supports has no "f16c").
+bool have_f16c() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
 #else
 bool have_f16c() { return false; }
 std::uint16_t f16c_encode(float) { return 0; }

@@ -1,8 +1,9 @@
 // The bf16 dot-product GEMM (backend/cpu/gemm_bf16.hpp) against double
 // loops: (a) the exact product of the rounded activations bf16(x) and the
-// weights, within the f32 summation bound — this pins the kernel's
-// arithmetic, rounding of x included; (b) the f32-activation product, whose
-// normalised squared error measures what rounding x to bf16 costs.
+// weights (bf16, or int8 with row scales), within the f32 summation bound —
+// this pins the kernel's arithmetic, rounding of x included; (b) the
+// f32-activation product, whose normalised squared error measures what
+// rounding x to bf16 costs.
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
@@ -40,8 +41,8 @@ void check_shape(dsv2::Context<cpu>& ctx, std::int64_t n, std::int64_t k, std::i
     std::vector<float> y(static_cast<std::size_t>(n * ldy), std::nanf(""));
     REQUIRE(dsv2::cpu_detail::try_gemm_bf16(ctx, x.data(), ldx, n, w.data(), ldw, m, k, y.data(), ldy,
                                             n * m * k >= 4096));
-    // Two roundings per 32-element step of each lane, four in the final sum.
-    const double bound_steps = 2.0 * double((k + 31) / 32) + 4.0;
+    // Each output is one accumulator lane: two roundings per column pair.
+    const double bound_steps = 2.0 * double((k + 1) / 2);
     for (std::int64_t i = 0; i < n; ++i) {
         REQUIRE(std::isnan(y[static_cast<std::size_t>(i * ldy + m)]));
         for (std::int64_t r = 0; r < m; ++r) {
@@ -75,9 +76,10 @@ TEST_CASE("bf16 GEMM equals the exact product of bf16 activations and weights", 
     }
     dsv2::Context<cpu> ctx(2);
     Errors e;
-    for (std::int64_t n : {5, 6, 7, 8, 13, 33, 67}) {
-        for (std::int64_t k : {1, 31, 32, 33, 100, 301}) {
-            for (std::int64_t m : {1, 2, 3, 4, 5, 17, 70}) {
+    // Panels of 16 activation rows (pairs of panels), tiles of 12 weight rows.
+    for (std::int64_t n : {5, 8, 13, 16, 17, 32, 33, 67}) {
+        for (std::int64_t k : {1, 2, 31, 32, 33, 100, 301}) {
+            for (std::int64_t m : {1, 2, 5, 11, 12, 13, 24, 70}) {
                 INFO("n " << n << ", k " << k << ", m " << m);
                 check_shape(ctx, n, k, m, e);
                 REQUIRE(e.worst_bound_ratio <= 1.0);
@@ -111,4 +113,48 @@ TEST_CASE("linear() with bf16 weights takes the bf16 GEMM beyond the GEMV rows",
     std::vector<float> direct(static_cast<std::size_t>(n * m));
     REQUIRE(dsv2::cpu_detail::try_gemm_bf16(ctx, x.data(), k, n, w.data(), k, m, k, direct.data(), m, false));
     for (std::int64_t i = 0; i < n * m; ++i) REQUIRE(y.data()[i] == direct[static_cast<std::size_t>(i)]);
+}
+
+TEST_CASE("int8 weights through the bf16 GEMM equal the exact scaled product of bf16 activations", "[kernels][gemm_bf16]") {
+    if (!dsv2::cpu_detail::has_avx512_bf16()) return;
+    dsv2::Context<cpu> ctx(2);
+    std::mt19937 rng(31);
+    std::uniform_int_distribution<int> value(-127, 127);
+    std::uniform_real_distribution<float> scale(1e-3f, 2e-2f);
+    double worst_ratio = 0;
+    for (std::int64_t n : {5, 16, 17, 40}) {
+        for (std::int64_t k : {1, 33, 64, 301}) {
+            for (std::int64_t m : {1, 12, 13, 30}) {
+                INFO("n " << n << ", k " << k << ", m " << m);
+                const std::int64_t ldx = k + 1, ldq = k + 7, ldy = m + 2;
+                const auto x = random_values<float>(static_cast<std::size_t>(n * ldx), 41);
+                std::vector<std::int8_t> q(static_cast<std::size_t>(m * ldq));
+                for (auto& v : q) v = static_cast<std::int8_t>(value(rng));
+                std::vector<float> s(static_cast<std::size_t>(m));
+                for (auto& v : s) v = scale(rng);
+                std::vector<float> y(static_cast<std::size_t>(n * ldy), std::nanf(""));
+                REQUIRE(dsv2::cpu_detail::try_gemm_q8_bf16(ctx, x.data(), ldx, n, q.data(), ldq, s.data(), m, k,
+                                                           y.data(), ldy, n * m * k >= 4096));
+                for (std::int64_t i = 0; i < n; ++i) {
+                    REQUIRE(std::isnan(y[static_cast<std::size_t>(i * ldy + m)]));
+                    for (std::int64_t r = 0; r < m; ++r) {
+                        double exact = 0, abs_sum = 0;
+                        for (std::int64_t j = 0; j < k; ++j) {
+                            const double xb = double(static_cast<float>(bf16(x[static_cast<std::size_t>(i * ldx + j)])));
+                            const double p = xb * q[static_cast<std::size_t>(r * ldq + j)];
+                            exact += p;
+                            abs_sum += std::abs(p);
+                        }
+                        const double sr = s[static_cast<std::size_t>(r)];
+                        const double err = std::abs(y[static_cast<std::size_t>(i * ldy + r)] - sr * exact);
+                        // Two roundings per column pair, one for the scale.
+                        const double bound = (2.0 * double((k + 1) / 2) + 1.0) * std::ldexp(1.0, -24) * sr * abs_sum;
+                        worst_ratio = std::max(worst_ratio, err / bound);
+                        REQUIRE(err <= bound);
+                    }
+                }
+            }
+        }
+    }
+    std::printf("gemm_q8_bf16: worst error %.2f of the f32 summation bound\n", worst_ratio);
 }

@@ -1,7 +1,8 @@
 // The CPU speed kernels against simple loops: the matrix-vector kernels
 // (gemv.hpp) in every weight type and awkward shapes, linear/matmul through
-// the GEMV path against the same products through the GEMM path, and
-// split-context attention (flash_decode.hpp) against one-thread attention,
+// the GEMV path against the same products through the GEMM path, causal
+// attention (query blocks, head groups, a poisoned future token) against a
+// double loop, split-context attention (flash_decode.hpp) against one-thread attention,
 // grouped products against one at a time, and the paged MLA decode kernel
 // (its Eigen path and its bf16 AVX-512 path) against a double softmax over
 // the rows in block-table order.
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -182,6 +184,67 @@ TEMPLATE_TEST_CASE("split-context decode attention equals one-thread attention",
                 want.push_back(static_cast<double>(one.data()[i]));
             }
             require_close(got, want, 1e-5);
+        }
+    }
+}
+
+// Causal attention in double: query i of a step starting at `first` sees
+// keys 0..first+i; heads share key heads in groups.
+std::vector<double> attention_reference(const std::vector<float>& q, const std::vector<float>& k,
+                                        const std::vector<float>& v, std::int64_t n, std::int64_t heads,
+                                        std::int64_t kv_heads, std::int64_t dk, std::int64_t dv, std::int64_t first,
+                                        double scale) {
+    std::vector<double> out(static_cast<std::size_t>(n * heads * dv));
+    for (std::int64_t i = 0; i < n; ++i) {
+        for (std::int64_t h = 0; h < heads; ++h) {
+            const std::int64_t g = h / (heads / kv_heads), visible = first + i + 1;
+            std::vector<double> p(static_cast<std::size_t>(visible));
+            for (std::int64_t j = 0; j < visible; ++j) {
+                double dot = 0;
+                for (std::int64_t c = 0; c < dk; ++c)
+                    dot += double(q[static_cast<std::size_t>((i * heads + h) * dk + c)]) *
+                           k[static_cast<std::size_t>((j * kv_heads + g) * dk + c)];
+                p[static_cast<std::size_t>(j)] = scale * dot;
+            }
+            const double mx = *std::max_element(p.begin(), p.end());
+            double sum = 0;
+            for (auto& e : p) sum += (e = std::exp(e - mx));
+            for (std::int64_t c = 0; c < dv; ++c) {
+                double acc = 0;
+                for (std::int64_t j = 0; j < visible; ++j)
+                    acc += p[static_cast<std::size_t>(j)] * v[static_cast<std::size_t>((j * kv_heads + g) * dv + c)];
+                out[static_cast<std::size_t>((i * heads + h) * dv + c)] = acc / sum;
+            }
+        }
+    }
+    return out;
+}
+
+TEST_CASE("causal attention equals a double loop across query blocks and head groups", "[kernels]") {
+    const std::int64_t heads = 4, dk = 24, dv = 16;
+    for (std::int64_t kv_heads : {4, 2, 1}) {
+        for (std::int64_t n : {1, 5, 31, 32, 33, 70}) {
+            for (std::int64_t first : {0, 3}) {
+                INFO("key heads " << kv_heads << ", queries " << n << ", first position " << first);
+                const std::int64_t s_len = first + n;
+                const auto qv = random_values<float>(static_cast<std::size_t>(n * heads * dk), 31);
+                auto kv = random_values<float>(static_cast<std::size_t>(s_len * kv_heads * dk), 32);
+                auto vv = random_values<float>(static_cast<std::size_t>(s_len * kv_heads * dv), 33);
+                const auto want = attention_reference(qv, kv, vv, n, heads, kv_heads, dk, dv, first, 0.3);
+                // A non-finite key or value of the last token must not reach any
+                // earlier query: causality, not a zero weight times infinity.
+                kv.back() = std::numeric_limits<float>::infinity();
+                vv.back() = std::numeric_limits<float>::quiet_NaN();
+                dsv2::Tensor<float, cpu, 3> out({n, heads, dv});
+                dsv2::Context<cpu> ctx(2);
+                dsv2::attention(ctx, dsv2::View<const float, cpu, 3>(qv.data(), {n, heads, dk}),
+                                dsv2::View<const float, cpu, 3>(kv.data(), {s_len, kv_heads, dk}),
+                                dsv2::View<const float, cpu, 3>(vv.data(), {s_len, kv_heads, dv}), first, 0.3,
+                                out.view());
+                const std::int64_t checked = (n - 1) * heads * dv;  // every query but the last
+                require_close(std::vector<float>(out.data(), out.data() + checked),
+                              std::vector<double>(want.begin(), want.begin() + checked), 1e-5);
+            }
         }
     }
 }

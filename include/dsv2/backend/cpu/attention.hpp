@@ -45,33 +45,47 @@ void attention(Context<cpu>& ctx,
         }
         return;
     }
-    // With fewer tasks than threads (short decode), let Eigen's GEMM use the threads.
-    const bool outer_parallel = tasks >= ctx.threads && n * heads * s_len * (dk + dv) >= kParallelWork;
+    // Otherwise one task per block of up to kQueryBlock consecutive queries
+    // and key head: the block's scores and its weighted values are GEMMs.
+    // The keys every query of the block sees go through the GEMM; the causal
+    // triangle past them (at most kQueryBlock - 1 keys) is masked by
+    // assignment and added row by row, so a query never multiplies a value
+    // it cannot see. With fewer tasks than threads (short decode), Eigen's
+    // GEMM gets the threads.
+    constexpr std::int64_t kQueryBlock = 32;
+    const std::int64_t query_blocks = (n + kQueryBlock - 1) / kQueryBlock;
+    const std::int64_t tasks_blocked = query_blocks * kv_heads;
+    const bool outer_parallel = tasks_blocked >= ctx.threads && n * heads * s_len * (dk + dv) >= kParallelWork;
+    using MapC = Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>>;
 #pragma omp parallel num_threads(ctx.threads) if (outer_parallel)
     {
         Mat scores;
 #pragma omp for schedule(dynamic, 1)
-        for (std::int64_t task = 0; task < tasks; ++task) {
-            const std::int64_t i = task / kv_heads, g = task % kv_heads;
-            const std::int64_t visible = first_position + i + 1;
-            // Query heads g*group .. g*group+group-1 of token i: `group` rows, stride q.stride[1].
-            const Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>> qg(
-                &q.data[i * q.stride[0] + g * group * q.stride[1]], group, dk, Eigen::OuterStride<>(q.stride[1]));
-            const Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>> kg(
-                &k.data[g * k.stride[1]], visible, dk, Eigen::OuterStride<>(k.stride[0]));
-            const Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>> vg(
-                &v.data[g * v.stride[1]], visible, dv, Eigen::OuterStride<>(v.stride[0]));
-            Eigen::Map<Mat, Eigen::Unaligned, Eigen::OuterStride<>> og(
-                &out.data[i * out.stride[0] + g * group * out.stride[1]], group, dv,
-                Eigen::OuterStride<>(out.stride[1]));
-            scores.noalias() = (qg * kg.transpose()) * static_cast<A>(scale);  // (group, visible)
-            for (std::int64_t r = 0; r < group; ++r) {
-                auto row = scores.row(r);
-                const A mx = row.maxCoeff();
-                row = (row.array() - mx).exp();
-                row /= row.sum();
+        for (std::int64_t task = 0; task < tasks_blocked; ++task) {
+            const std::int64_t i0 = task / kv_heads * kQueryBlock, g = task % kv_heads;
+            const std::int64_t rows = std::min(kQueryBlock, n - i0);
+            const std::int64_t common = first_position + i0 + 1, last = common + rows - 1;
+            const MapC kg(&k.data[g * k.stride[1]], last, dk, Eigen::OuterStride<>(k.stride[0]));
+            const MapC vg(&v.data[g * v.stride[1]], last, dv, Eigen::OuterStride<>(v.stride[0]));
+            // Each query of the block has `group` heads sharing key head g.
+            for (std::int64_t h = 0; h < group; ++h) {
+                const std::int64_t head = g * group + h;
+                const MapC qb(&q.data[i0 * q.stride[0] + head * q.stride[1]], rows, dk, Eigen::OuterStride<>(q.stride[0]));
+                Eigen::Map<Mat, Eigen::Unaligned, Eigen::OuterStride<>> ob(
+                    &out.data[i0 * out.stride[0] + head * out.stride[1]], rows, dv, Eigen::OuterStride<>(out.stride[0]));
+                scores.noalias() = (qb * kg.transpose()) * static_cast<A>(scale);  // (rows, last)
+                for (std::int64_t r = 0; r < rows; ++r) {
+                    const std::int64_t visible = common + r;
+                    auto seen = scores.row(r).head(visible);
+                    const A mx = seen.maxCoeff();
+                    seen = (seen.array() - mx).exp();
+                    seen /= seen.sum();
+                    scores.row(r).tail(last - visible).setZero();
+                }
+                ob.noalias() = scores.leftCols(common) * vg.topRows(common);
+                for (std::int64_t r = 1; r < rows; ++r)
+                    ob.row(r).noalias() += scores.row(r).segment(common, r) * vg.middleRows(common, r);
             }
-            og.noalias() = scores * vg;
         }
     }
 }

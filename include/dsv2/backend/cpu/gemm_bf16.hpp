@@ -1,22 +1,28 @@
 // The bf16 dot-product GEMM: y = bf16(x) · wᵀ for bf16 weights (M, K) read
-// in place, with f32 accumulation, on AVX512-BF16 (`vdpbf16ps`, 32 products
-// per instruction, twice the rate of f32 FMA). This is the prefill path of
-// `linear` for bf16 checkpoints; decode keeps the exact f32 GEMV of gemv.hpp.
+// in place, or int8 weights with per-row scales widened to bf16 (exactly: an
+// int8 has 8 significant bits), with f32 accumulation, on AVX512-BF16
+// (`vdpbf16ps`, 32 products per instruction, twice the rate of f32 FMA).
+// This is the prefill path of `linear` for bf16 and int8 weights; decode
+// keeps the GEMV kernels of gemv.hpp and gemv_q8.hpp.
 //
 // Arithmetic: the activations are rounded to bf16 (nearest-even) once per
 // call, then every product of two bf16 numbers is exact in f32 and the sums
 // are f32 — so the result equals the exact product of bf16(x) and w up to
 // f32 summation error, and differs from the f32-activation product by the
 // activation rounding (relative 2^-9 per element, averaging out over K).
+// Int8 outputs are multiplied by their row's scale once, at the end.
 // `vdpbf16ps` flushes denormals to zero, which at bf16's f32 exponent range
 // only touches values below 1e-38.
 //
-// Layout and blocking: activations are converted into a zero-padded buffer
-// of row length round_up(K, 32), so only the weights need masked tail loads.
-// The microkernel holds 4 weight rows × 4 activation rows of accumulators
-// (16 zmm), steps K by 32, and reduces each accumulator horizontally at the
-// end. Around it, a chunk of weight rows and a block of activation rows are
-// sized to stay in L2 while the other operand streams over them.
+// Layout: the activations are packed once per call into panels of 16 rows,
+// each step of a panel one zmm holding the 16 rows' pairs (x[i, 2p],
+// x[i, 2p+1]); rows and columns past the edge are zero. The microkernel
+// keeps 12 weight rows × 2 panels of accumulators (24 zmm): per column pair
+// it loads 2 panel vectors, broadcasts each weight row's pair from memory
+// and issues 24 `vdpbf16ps`. Every accumulator lane is one output, so there
+// are no horizontal sums; the 12 × 32 tile is transposed into y at the end.
+// The weights stream in place (12 rows of at most a few KB: L1/L2), the
+// panels come from L2, and threads take blocks of weight rows.
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"
@@ -24,12 +30,17 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <utility>
 
 namespace dsv2::cpu_detail {
 
-// Row length of the bf16 activation buffer: K rounded up to 32 elements.
-inline std::int64_t bf16_row_length(std::int64_t k) { return (k + 31) / 32 * 32; }
+// Rows of weights and activations per microkernel (see above).
+inline constexpr std::int64_t kPanelRows = 16, kTileWeights = 12;
+
+// Column pairs of a packed row: K rounded up to even, halved.
+inline std::int64_t bf16_pairs(std::int64_t k) { return (k + 1) / 2; }
 
 #if DSV2_X86_KERNELS
 #define DSV2_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -39,129 +50,111 @@ inline bool has_avx512_bf16() {
     return ok;
 }
 
-// Rows [i0, i1) of x (f32, (N, K)) into xb (bf16, (N, ldb) with ldb =
-// bf16_row_length(K)), rounded to nearest even, the padding zeroed.
-DSV2_AVX512BF16 inline void to_bf16_rows(const float* x, std::int64_t ldx, std::int64_t k, std::int64_t i0,
-                                         std::int64_t i1, bf16* xb, std::int64_t ldb) {
-    for (std::int64_t i = i0; i < i1; ++i) {
-        const float* src = x + i * ldx;
-        auto* dst = reinterpret_cast<__m512i*>(xb + i * ldb);
-        for (std::int64_t j = 0; j < ldb; j += 32, ++dst) {
-            // cvtne2ps puts its second operand in the low half.
+inline __mmask16 lanes_mask(std::int64_t lanes) {
+    return static_cast<__mmask16>((1u << std::clamp<std::int64_t>(lanes, 0, 16)) - 1u);
+}
+
+// Row i of x (f32, k values) rounded to bf16 pairs: 32 columns per step,
+// masked at the tail; the 32-bit pair words go to out[p * stride] for each
+// pair p (stride 16 in a panel). Columns past k are zero.
+DSV2_AVX512BF16 inline void pack_bf16_row(const float* x, std::int64_t k, std::uint32_t* out, std::int64_t stride) {
+    alignas(64) std::uint32_t words[16];
+    for (std::int64_t j = 0; j < k; j += 32) {
+        const std::int64_t left = k - j;
+        const __m512 a = _mm512_maskz_loadu_ps(lanes_mask(left), x + j);
+        const __m512 b = _mm512_maskz_loadu_ps(lanes_mask(left - 16), x + j + 16);
+        // cvtne2ps puts its second operand in the low half: element 2p and
+        // 2p+1 of the 32 become pair word p.
+        _mm512_store_si512(words, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
+        const std::int64_t pairs = std::min<std::int64_t>(16, (left + 1) / 2);
+        std::uint32_t* dst = out + (j / 2) * stride;
+        for (std::int64_t p = 0; p < pairs; ++p) dst[p * stride] = words[p];
+    }
+}
+
+// 16 int8 values as f32. (The zero-masked forms keep GCC 12's
+// -Wmaybe-uninitialized quiet, as in gemv.hpp.)
+DSV2_AVX512BF16 inline __m512 int8_to_f32(__m128i v) {
+    return _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, v));
+}
+
+// Int8 rows widened to bf16 (exactly) into rows of ld (a multiple of 32)
+// values, zero past k.
+DSV2_AVX512BF16 inline void widen_q8_rows(const std::int8_t* q, std::int64_t ldq, std::int64_t rows, std::int64_t k,
+                                          bf16* dst, std::int64_t ld) {
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const std::int8_t* src = q + r * ldq;
+        bf16* out = dst + r * ld;
+        for (std::int64_t j = 0; j < ld; j += 32) {
             const std::int64_t left = k - j;
-            const auto mask = [](std::int64_t lanes) {
-                return static_cast<__mmask16>((1u << std::clamp<std::int64_t>(lanes, 0, 16)) - 1u);
-            };
-            const __mmask16 lo = mask(left), hi = mask(left - 16);
-            const __m512 a = _mm512_maskz_loadu_ps(lo, src + j);
-            const __m512 b = _mm512_maskz_loadu_ps(hi, src + j + 16);
-            _mm512_storeu_si512(dst, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
+            const __m512 a = int8_to_f32(_mm_maskz_loadu_epi8(lanes_mask(left), src + j));
+            const __m512 b = int8_to_f32(_mm_maskz_loadu_epi8(lanes_mask(left - 16), src + j + 16));
+            _mm512_storeu_si512(out + j, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
         }
     }
 }
 
-// Sums of four accumulators, in order, as four lanes. (The zero-masked
-// forms keep GCC 12's -Wuninitialized quiet, as in gemv.hpp.)
-DSV2_AVX512BF16 inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-    constexpr __mmask16 all16 = 0xffff;
-    constexpr __mmask8 all8 = 0xff;
-    // Per 128-bit lane: a b a b, then a b c d, then the four lanes added.
-    const __m512 ab = _mm512_add_ps(_mm512_maskz_unpacklo_ps(all16, a, b), _mm512_maskz_unpackhi_ps(all16, a, b));
-    const __m512 cd = _mm512_add_ps(_mm512_maskz_unpacklo_ps(all16, c, d), _mm512_maskz_unpackhi_ps(all16, c, d));
-    const __m512d ab2 = _mm512_castps_pd(ab), cd2 = _mm512_castps_pd(cd);
-    const __m512 abcd = _mm512_add_ps(_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(all8, ab2, cd2)),
-                                      _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(all8, ab2, cd2)));
-    const __m512 half = _mm512_add_ps(abcd, _mm512_maskz_shuffle_f32x4(all16, abcd, abcd, 0x4e));  // lanes 2 3 0 1
-    const __m512 sum = _mm512_add_ps(half, _mm512_maskz_shuffle_f32x4(all16, half, half, 0xb1));   // lanes 1 0 3 2
-    return _mm512_maskz_extractf32x4_ps(0xf, sum, 0);
-}
-
-// y[i, r] for MR weight rows × NR activation rows (both ≤ 4): the tile of
-// accumulators stays in registers over the whole of K.
-template <int MR, int NR>
-DSV2_AVX512BF16 inline void dot_tile(const bf16* xb, std::int64_t ldb, const bf16* w, std::int64_t ldw,
-                                     std::int64_t k, float* y, std::int64_t ldy) {
-    static_assert(MR >= 1 && MR <= 4 && NR >= 1 && NR <= 4);
-    __m512 acc[NR][4];
-    for (int i = 0; i < NR; ++i)
-        for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
-    const std::int64_t kv = k / 32 * 32;
-    std::int64_t j = 0;
-    for (; j < kv; j += 32) {
-        __m512bh wv[MR];
-        for (int r = 0; r < MR; ++r) wv[r] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(w + r * ldw + j));
-        for (int i = 0; i < NR; ++i) {
-            const auto xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + i * ldb + j));
-            for (int r = 0; r < MR; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], xv, wv[r]);
+// The 12 × (16 · P) tile: acc[r][p] lane t = Σ over pairs of weight row r's
+// pair times panel p's row t pair. Weight rows are read as 32-bit pair
+// words, so a row must hold 2 * pairs readable values.
+template <int P>
+DSV2_AVX512BF16 inline void panel_tile(const bf16* panels, std::int64_t panel_stride, std::int64_t pairs,
+                                       const bf16* w, std::int64_t ldw, float* tile) {
+    static_assert(P == 1 || P == 2);
+    __m512 acc[kTileWeights][P];
+    for (auto& row : acc)
+        for (auto& a : row) a = _mm512_setzero_ps();
+    for (std::int64_t p = 0; p < pairs; ++p) {
+        __m512bh x[P];
+        for (int c = 0; c < P; ++c)
+            x[c] = reinterpret_cast<__m512bh>(_mm512_load_si512(panels + c * panel_stride + p * 2 * kPanelRows));
+        for (int r = 0; r < kTileWeights; ++r) {
+            std::uint32_t word;
+            std::memcpy(&word, w + r * ldw + 2 * p, sizeof word);
+            const auto wv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(word)));
+            for (int c = 0; c < P; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x[c], wv);
         }
     }
-    if (j < k) {
-        // Masked weights: the activation buffer is already zero past K, but
-        // the bytes past a weight row could hold Inf or NaN patterns.
-        const auto tail = static_cast<__mmask32>((std::uint64_t{1} << (k - j)) - 1u);
-        __m512bh wv[MR];
-        for (int r = 0; r < MR; ++r)
-            wv[r] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(tail, w + r * ldw + j));
-        for (int i = 0; i < NR; ++i) {
-            const auto xv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + i * ldb + j));
-            for (int r = 0; r < MR; ++r) acc[i][r] = _mm512_dpbf16_ps(acc[i][r], xv, wv[r]);
-        }
-    }
-    for (int i = 0; i < NR; ++i) {
-        const __m128 s = hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
-        if constexpr (MR == 4) {
-            _mm_storeu_ps(y + i * ldy, s);
-        } else {
-            _mm_mask_storeu_ps(y + i * ldy, static_cast<__mmask8>((1u << MR) - 1u), s);
-        }
-    }
+    for (int r = 0; r < kTileWeights; ++r)
+        for (int c = 0; c < P; ++c) _mm512_store_ps(tile + (r * P + c) * kPanelRows, acc[r][c]);
 }
 
-// All n activation rows against weight rows [r0, r1), in MR-row strips.
-template <int MR>
-DSV2_AVX512BF16 inline void dot_strip(const bf16* xb, std::int64_t ldb, std::int64_t n, const bf16* w,
-                                      std::int64_t ldw, std::int64_t k, float* y, std::int64_t ldy) {
-    std::int64_t i = 0;
-    for (; i + 4 <= n; i += 4) dot_tile<MR, 4>(xb + i * ldb, ldb, w, ldw, k, y + i * ldy, ldy);
-    switch (n - i) {
-        case 3: dot_tile<MR, 3>(xb + i * ldb, ldb, w, ldw, k, y + i * ldy, ldy); break;
-        case 2: dot_tile<MR, 2>(xb + i * ldb, ldb, w, ldw, k, y + i * ldy, ldy); break;
-        case 1: dot_tile<MR, 1>(xb + i * ldb, ldb, w, ldw, k, y + i * ldy, ldy); break;
-        default: break;
-    }
-}
-
-// y[i, r] = Σ_j xb[i, j] · w[r, j] for i in [0, n), r in [r0, r1).
-// xb comes from to_bf16_rows (row length ldb, zero past k).
-DSV2_AVX512BF16 inline void gemm_bf16_rows(const bf16* xb, std::int64_t ldb, std::int64_t n, const bf16* w,
-                                           std::int64_t ldw, std::int64_t k, std::int64_t r0, std::int64_t r1,
-                                           float* y, std::int64_t ldy) {
-    // L2 budgets (bytes): a chunk of weight rows is reused by every
-    // activation block; each activation block is re-read by every 4-row strip.
-    constexpr std::int64_t kWeightBytes = 256 << 10, kActBytes = 512 << 10;
-    const std::int64_t row_bytes = 2 * ldb;
-    const std::int64_t chunk = std::max<std::int64_t>(4, kWeightBytes / row_bytes / 4 * 4);
-    const std::int64_t nb = std::max<std::int64_t>(4, kActBytes / row_bytes / 4 * 4);
-    for (std::int64_t c0 = r0; c0 < r1; c0 += chunk) {
-        const std::int64_t c1 = std::min(r1, c0 + chunk);
-        for (std::int64_t i0 = 0; i0 < n; i0 += nb) {
-            const std::int64_t ni = std::min(n, i0 + nb) - i0;
-            const bf16* xi = xb + i0 * ldb;
-            float* yi = y + i0 * ldy;
-            std::int64_t r = c0;
-            for (; r + 4 <= c1; r += 4) dot_strip<4>(xi, ldb, ni, w + r * ldw, ldw, k, yi + r, ldy);
-            switch (c1 - r) {
-                case 3: dot_strip<3>(xi, ldb, ni, w + r * ldw, ldw, k, yi + r, ldy); break;
-                case 2: dot_strip<2>(xi, ldb, ni, w + r * ldw, ldw, k, yi + r, ldy); break;
-                case 1: dot_strip<1>(xi, ldb, ni, w + r * ldw, ldw, k, yi + r, ldy); break;
-                default: break;
+// Rows [r0, r1) of the output against every activation row. `rows_at(r,
+// count, buffer)` returns 12 weight rows starting at row r, each holding 2 *
+// pairs values (in place, or copied/widened into `buffer` and zero-padded
+// when fewer than 12 remain); scales (or null) multiply each output column.
+template <class RowsAt>
+DSV2_AVX512BF16 void gemm_bf16_panels(const bf16* panels, std::int64_t n, std::int64_t pairs, RowsAt&& rows_at,
+                                      const float* scales, std::int64_t r0, std::int64_t r1, float* y, std::int64_t ldy) {
+    const std::int64_t panel_stride = pairs * 2 * kPanelRows, n_panels = (n + kPanelRows - 1) / kPanelRows;
+    alignas(64) float tile[kTileWeights * 2 * kPanelRows];
+    for (std::int64_t r = r0; r < r1; r += kTileWeights) {
+        const std::int64_t rows = std::min(kTileWeights, r1 - r);
+        const auto [w, ldw] = rows_at(r, rows);
+        for (std::int64_t c = 0; c < n_panels; c += 2) {
+            const int width = n_panels - c >= 2 ? 2 : 1;
+            if (width == 2) {
+                panel_tile<2>(panels + c * panel_stride, panel_stride, pairs, w, ldw, tile);
+            } else {
+                panel_tile<1>(panels + c * panel_stride, panel_stride, pairs, w, ldw, tile);
+            }
+            const std::int64_t t0 = c * kPanelRows, t1 = std::min(n, t0 + width * kPanelRows);
+            for (std::int64_t t = t0; t < t1; ++t) {
+                const std::int64_t lane = t - t0;  // panel lane / 16 and lane % 16 index the tile
+                float* out = y + t * ldy + r;
+                for (std::int64_t i = 0; i < rows; ++i) {
+                    const float v = tile[(i * width + lane / kPanelRows) * kPanelRows + lane % kPanelRows];
+                    out[i] = scales ? v * scales[r + i] : v;
+                }
             }
         }
     }
 }
 
-// The calling thread's activation buffer, 64-byte aligned so that every
-// K step is one cache line; it grows to the largest call and is kept.
+// The calling thread's bf16 buffer, 64-byte aligned; it grows to the
+// largest request and is kept (one for the packed activations, one for
+// widened weight rows).
+template <int Slot>
 inline bf16* bf16_scratch(std::int64_t elements) {
     struct Release {
         void operator()(bf16* p) const { Memory<cpu>::release(p); }
@@ -176,35 +169,86 @@ inline bf16* bf16_scratch(std::int64_t elements) {
     return buf.get();
 }
 
+// The shared driver: packs x (f32, (n, k)) into panels, then threads take
+// blocks of output rows. `Weights` supplies rows_at for a thread.
+template <class MakeRowsAt>
+void gemm_bf16(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::int64_t n, std::int64_t m, std::int64_t k,
+               const float* scales, float* y, std::int64_t ldy, bool parallel, MakeRowsAt&& make_rows_at) {
+    const std::int64_t pairs = bf16_pairs(k), n_panels = (n + kPanelRows - 1) / kPanelRows;
+    const std::int64_t panel_stride = pairs * 2 * kPanelRows;
+    bf16* panels = bf16_scratch<0>(n_panels * panel_stride);
+    const int threads = parallel ? ctx.threads : 1;
+    // Blocks of whole tiles, several per thread for balance.
+    const std::int64_t tiles = (m + kTileWeights - 1) / kTileWeights;
+    const std::int64_t block = std::max<std::int64_t>(1, (tiles + 4 * threads - 1) / (4 * threads)) * kTileWeights;
+    const std::int64_t blocks = (m + block - 1) / block;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
+        for (std::int64_t i = 0; i < n_panels * kPanelRows; ++i) {
+            auto* words = reinterpret_cast<std::uint32_t*>(panels + (i / kPanelRows) * panel_stride) + i % kPanelRows;
+            if (i < n) {
+                pack_bf16_row(x + i * ldx, k, words, kPanelRows);
+            } else {
+                for (std::int64_t p = 0; p < pairs; ++p) words[p * kPanelRows] = 0;
+            }
+        }
+        auto rows_at = make_rows_at();
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t b = 0; b < blocks; ++b)
+            gemm_bf16_panels(panels, n, pairs, rows_at, scales, b * block, std::min(m, (b + 1) * block), y, ldy);
+    }
+}
+
 #else
 inline bool has_avx512_bf16() { return false; }
 #endif  // DSV2_X86_KERNELS
 
 // y = bf16(x) · wᵀ: x (n, k) f32, w (m, k) bf16, y (n, m) f32, rows given by
-// their leading dimensions. Threads share the conversion of x, then take
-// blocks of output features (several per thread, for balance). Returns false,
-// doing nothing, where the CPU lacks AVX512-BF16: the caller falls back.
+// their leading dimensions. Returns false, doing nothing, where the CPU
+// lacks AVX512-BF16: the caller falls back.
 inline bool try_gemm_bf16(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::int64_t n, const bf16* w,
                           std::int64_t ldw, std::int64_t m, std::int64_t k, float* y, std::int64_t ldy, bool parallel) {
 #if DSV2_X86_KERNELS
     if (!has_avx512_bf16()) return false;
-    const std::int64_t ldb = bf16_row_length(k);
-    bf16* xb = bf16_scratch(n * ldb);
-    const int threads = parallel ? ctx.threads : 1;
-    const std::int64_t per = (m + 4 * threads - 1) / (4 * threads);
-    const std::int64_t block = std::max<std::int64_t>(16, (per + 15) / 16 * 16);
-    const std::int64_t blocks = (m + block - 1) / block;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-#pragma omp for schedule(static)
-        for (std::int64_t i = 0; i < n; ++i) to_bf16_rows(x, ldx, k, i, i + 1, xb, ldb);
-#pragma omp for schedule(dynamic, 1)
-        for (std::int64_t b = 0; b < blocks; ++b)
-            gemm_bf16_rows(xb, ldb, n, w, ldw, k, b * block, std::min(m, (b + 1) * block), y, ldy);
-    }
+    const std::int64_t pairs = bf16_pairs(k), ld = 2 * pairs;
+    gemm_bf16(ctx, x, ldx, n, m, k, nullptr, y, ldy, parallel, [&] {
+        // Whole tiles of an even-K matrix are read in place; the last
+        // partial tile, or every tile when K is odd (a pair word would run
+        // past the row), is copied into a zero-padded buffer.
+        return [&, buffer = bf16_scratch<1>(kTileWeights * ld)](std::int64_t r, std::int64_t rows) {
+            if (rows == kTileWeights && k % 2 == 0) return std::pair<const bf16*, std::int64_t>(w + r * ldw, ldw);
+            std::fill(buffer, buffer + kTileWeights * ld, bf16{});
+            for (std::int64_t i = 0; i < rows; ++i) std::copy(w + (r + i) * ldw, w + (r + i) * ldw + k, buffer + i * ld);
+            return std::pair<const bf16*, std::int64_t>(buffer, ld);
+        };
+    });
     return true;
 #else
     (void)ctx, (void)x, (void)ldx, (void)n, (void)w, (void)ldw, (void)m, (void)k, (void)y, (void)ldy, (void)parallel;
+    return false;
+#endif
+}
+
+// y = bf16(x) · (diag(scales) q)ᵀ for int8 weights q (m, k): each tile of
+// rows is widened to bf16 (exact) and the outputs scaled once.
+inline bool try_gemm_q8_bf16(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::int64_t n, const std::int8_t* q,
+                             std::int64_t ldq, const float* scales, std::int64_t m, std::int64_t k, float* y,
+                             std::int64_t ldy, bool parallel) {
+#if DSV2_X86_KERNELS
+    if (!has_avx512_bf16()) return false;
+    const std::int64_t pairs = bf16_pairs(k), ld = (2 * pairs + 31) / 32 * 32;
+    gemm_bf16(ctx, x, ldx, n, m, k, scales, y, ldy, parallel, [&] {
+        return [&, buffer = bf16_scratch<1>(kTileWeights * ld)](std::int64_t r, std::int64_t rows) {
+            if (rows < kTileWeights) std::fill(buffer, buffer + kTileWeights * ld, bf16{});
+            widen_q8_rows(q + r * ldq, ldq, rows, k, buffer, ld);
+            return std::pair<const bf16*, std::int64_t>(buffer, ld);
+        };
+    });
+    return true;
+#else
+    (void)ctx, (void)x, (void)ldx, (void)n, (void)q, (void)ldq, (void)scales, (void)m, (void)k, (void)y, (void)ldy,
+        (void)parallel;
     return false;
 #endif
 }

@@ -3,9 +3,10 @@
 // Decode (N <= kGemvRows, f32 activations): the int8 rows are read in place,
 // by the VNNI kernel of gemv_q8.hpp where the CPU has it (activations as
 // 16-bit fixed point, integer dot products), else widened and FMA'd in f32;
-// each output is scaled once. Larger N:
-// blocks of rows are dequantized into a per-thread buffer for Eigen's GEMM,
-// as linear() does for 16-bit weights.
+// each output is scaled once. Larger N (prefill): the bf16 dot-product GEMM
+// of gemm_bf16.hpp, tiles of int8 rows widened to bf16 exactly; without
+// AVX512-BF16, blocks of rows are dequantized into a per-thread buffer for
+// Eigen's GEMM, as linear() does for 16-bit weights.
 #pragma once
 
 #include "dsv2/backend/cpu/gemv_q8.hpp"
@@ -70,6 +71,11 @@ void linear(Context<cpu>& ctx,
             const Product<A, QuantizedView<cpu>, cpu> p{x, w, y};
             return gemv_group_rows(ctx, std::span(&p, 1));
         }
+    }
+    if constexpr (std::is_same_v<A, float>) {
+        if (try_gemm_q8_bf16(ctx, x.data, x.stride[0], n, q, ldq, scales, m, k, y.data, y.stride[0],
+                             n * m * k >= kParallelWork))
+            return;
     }
     const auto xm = as_matrix<A>(x);
     auto ym = as_matrix<A>(y);

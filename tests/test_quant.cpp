@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -123,7 +124,7 @@ TEST_CASE("the VNNI int8 kernel stays within its fixed-point bound of the f32 in
             auto x = random_matrix<float>(n, k, 1.0f, 6);
             x.data()[0] = 1e4f;  // one outlier sets the fixed-point step of row 0
             std::vector<dsv2::cpu_detail::Q8Digits> digits(static_cast<std::size_t>(n));
-            for (std::int64_t i = 0; i < n; ++i) dsv2::cpu_detail::split_digits(x.data() + i * k, k, digits[i]);
+            for (std::int64_t i = 0; i < n; ++i) REQUIRE(dsv2::cpu_detail::split_digits(x.data() + i * k, k, digits[i]));
             std::vector<float> got(static_cast<std::size_t>(n * m)), want(got.size());
             dsv2::cpu_detail::gemv_rows_q8_vnni(digits.data(), n, q.values.data(), k, k, 0, m, q.scales.data(), got.data(), m);
             dsv2::cpu_detail::gemv_rows(x.data(), k, n, q.values.data(), k, k, 0, m, want.data(), m);
@@ -139,6 +140,50 @@ TEST_CASE("the VNNI int8 kernel stays within its fixed-point bound of the f32 in
                     REQUIRE(std::abs(got[static_cast<std::size_t>(i * m + r)] - e) <= bound);
                 }
             }
+        }
+    }
+}
+TEST_CASE("the vector digit split equals the scalar definition to the bit", "[quant]") {
+    if (!dsv2::cpu_detail::has_avx512()) return;
+    std::mt19937 rng(8);
+    std::uniform_int_distribution<int> ticks(-40000, 40000);
+    for (std::int64_t k : {1, 15, 16, 17, 63, 64, 65, 301, 2048}) {
+        INFO("k " << k);
+        // Multiples of half a fixed-point step, so many values sit exactly
+        // on a rounding tie (nearest-even decides), plus an all-zero row.
+        std::vector<float> x(static_cast<std::size_t>(k)), zero(static_cast<std::size_t>(k), 0.0f);
+        for (auto& v : x) v = 0.5f * static_cast<float>(ticks(rng)) / 32767.0f * 3.0f;
+        for (const auto* row : {x.data(), zero.data()}) {
+            dsv2::cpu_detail::Q8Digits fast, slow;
+            REQUIRE(dsv2::cpu_detail::split_digits_avx512(row, k, fast));
+            REQUIRE(dsv2::cpu_detail::split_digits_reference(row, k, slow));
+            REQUIRE(fast.scale == slow.scale);
+            REQUIRE(fast.hi == slow.hi);
+            REQUIRE(fast.lo == slow.lo);
+        }
+    }
+}
+
+TEST_CASE("int8 decode propagates a non-finite activation instead of hiding it", "[quant]") {
+    dsv2::Context<cpu> ctx(2);
+    const std::int64_t k = 70, m = 9;
+    const auto w = random_matrix<float>(m, k, 0.05f, 9);
+    const auto q = dsv2::quantize(w.cview());
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        auto x = random_matrix<float>(2, k, 1.0f, 10);
+        x.data()[5] = bad;  // row 0 only
+        dsv2::cpu_detail::Q8Digits d;
+        REQUIRE_FALSE(dsv2::cpu_detail::split_digits(x.data(), k, d));
+        REQUIRE_FALSE(dsv2::cpu_detail::split_digits_reference(x.data(), k, d));
+        dsv2::Tensor<float, cpu, 2> y({2, m}), y_row1({1, m});
+        dsv2::linear(ctx, x.cview(), q.cview(), y.view());
+        dsv2::linear(ctx, x.cview().rows(1, 2), q.cview(), y_row1.view());
+        for (std::int64_t r = 0; r < m; ++r) {
+            REQUIRE_FALSE(std::isfinite(y.data()[r]));  // row 0: NaN or ±Inf, never a finite guess
+            // Row 1 is finite; in the f32 fallback it differs from its own
+            // VNNI decode only by the fixed-point rounding (bound as above).
+            REQUIRE(std::isfinite(y.data()[m + r]));
+            REQUIRE(std::abs(y.data()[m + r] - y_row1.data()[r]) <= 1e-3 * (1 + std::abs(y_row1.data()[r])));
         }
     }
 }

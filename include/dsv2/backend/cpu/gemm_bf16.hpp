@@ -50,10 +50,6 @@ inline bool has_avx512_bf16() {
     return ok;
 }
 
-inline __mmask16 lanes_mask(std::int64_t lanes) {
-    return static_cast<__mmask16>((1u << std::clamp<std::int64_t>(lanes, 0, 16)) - 1u);
-}
-
 // Row i of x (f32, k values) rounded to bf16 pairs: 32 columns per step,
 // masked at the tail; the 32-bit pair words go to out[p * stride] for each
 // pair p (stride 16 in a panel). Columns past k are zero.
@@ -72,12 +68,6 @@ DSV2_AVX512BF16 inline void pack_bf16_row(const float* x, std::int64_t k, std::u
     }
 }
 
-// 16 int8 values as f32. (The zero-masked forms keep GCC 12's
-// -Wmaybe-uninitialized quiet, as in gemv.hpp.)
-DSV2_AVX512BF16 inline __m512 int8_to_f32(__m128i v) {
-    return _mm512_maskz_cvtepi32_ps(0xffff, _mm512_maskz_cvtepi8_epi32(0xffff, v));
-}
-
 // Int8 rows widened to bf16 (exactly) into rows of ld (a multiple of 32)
 // values, zero past k.
 DSV2_AVX512BF16 inline void widen_q8_rows(const std::int8_t* q, std::int64_t ldq, std::int64_t rows, std::int64_t k,
@@ -87,8 +77,8 @@ DSV2_AVX512BF16 inline void widen_q8_rows(const std::int8_t* q, std::int64_t ldq
         bf16* out = dst + r * ld;
         for (std::int64_t j = 0; j < ld; j += 32) {
             const std::int64_t left = k - j;
-            const __m512 a = int8_to_f32(_mm_maskz_loadu_epi8(lanes_mask(left), src + j));
-            const __m512 b = int8_to_f32(_mm_maskz_loadu_epi8(lanes_mask(left - 16), src + j + 16));
+            const __m512 a = load16(src + j, lanes_mask(left));
+            const __m512 b = load16(src + j + 16, lanes_mask(left - 16));
             _mm512_storeu_si512(out + j, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
         }
     }

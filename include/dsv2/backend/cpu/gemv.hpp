@@ -11,6 +11,7 @@
 
 #include "dsv2/core/dtype.hpp"
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
@@ -67,6 +68,11 @@ DSV2_AVX512 inline float hsum(__m512 v) {
     float s = 0;
     for (float e : t) s += e;
     return s;
+}
+
+// The first `lanes` of 16 (clamped to 0..16): the valid lanes of a tail.
+inline __mmask16 lanes_mask(std::int64_t lanes) {
+    return static_cast<__mmask16>((1u << std::clamp<std::int64_t>(lanes, 0, 16)) - 1u);
 }
 
 inline bool has_avx512() {

@@ -30,12 +30,19 @@ struct Q8Digits {
     float scale = 0;                   // s_x
 };
 
-inline void split_digits(const float* x, std::int64_t k, Q8Digits& d) {
+// The digits of one row, in plain C++: the definition (and the path of CPUs
+// without AVX-512). False, leaving d unspecified, when the row holds a NaN or
+// an infinity: there is no fixed-point scale for it, and the caller's f32
+// path propagates it.
+inline bool split_digits_reference(const float* x, std::int64_t k, Q8Digits& d) {
     const std::int64_t padded = (k + 63) / 64 * 64;
     d.hi.assign(static_cast<std::size_t>(padded), 128);  // h = 0 (the +128 is corrected exactly)
     d.lo.assign(static_cast<std::size_t>(padded), 0);
     float amax = 0;
-    for (std::int64_t j = 0; j < k; ++j) amax = std::max(amax, std::abs(x[j]));
+    for (std::int64_t j = 0; j < k; ++j) {
+        if (!std::isfinite(x[j])) return false;
+        amax = std::max(amax, std::abs(x[j]));
+    }
     d.scale = amax > 0 ? amax / 32767.0f : 1.0f;
     const float inv = 1.0f / d.scale;
     for (std::int64_t j = 0; j < k; ++j) {
@@ -44,6 +51,57 @@ inline void split_digits(const float* x, std::int64_t k, Q8Digits& d) {
         d.hi[static_cast<std::size_t>(j)] = static_cast<std::uint8_t>(h + 128);
         d.lo[static_cast<std::size_t>(j)] = static_cast<std::uint8_t>(v - 256 * h);
     }
+    return true;
+}
+
+#if DSV2_X86_KERNELS
+// The same digits, 16 lanes at a time (bit-identical: the same f32 product,
+// rounded to nearest even, clamped). Decode splits every activation row of
+// every int8 product, so the scalar loop's libm calls showed in profiles.
+// (Zero-masked forms for GCC 12's -Wmaybe-uninitialized, as in gemv.hpp.)
+DSV2_AVX512 inline bool split_digits_avx512(const float* x, std::int64_t k, Q8Digits& d) {
+    const std::int64_t padded = (k + 63) / 64 * 64;
+    d.hi.resize(static_cast<std::size_t>(padded));
+    d.lo.resize(static_cast<std::size_t>(padded));
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 non_finite = 0;
+    const __m512i all_ones_exponent = _mm512_set1_epi32(0x7f800000);
+    for (std::int64_t j = 0; j < k; j += 16) {
+        const __mmask16 m = lanes_mask(k - j);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+        const __m512i exponent = _mm512_and_si512(_mm512_castps_si512(v), all_ones_exponent);
+        non_finite |= _mm512_mask_cmpeq_epi32_mask(m, exponent, all_ones_exponent);  // NaN or ±Inf
+        amax = _mm512_maskz_max_ps(0xffff, amax, _mm512_abs_ps(v));
+    }
+    if (non_finite) return false;
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, amax);
+    const float a = *std::max_element(lanes, lanes + 16);
+    d.scale = a > 0 ? a / 32767.0f : 1.0f;
+    const __m512 inv = _mm512_set1_ps(1.0f / d.scale);
+    const __m512i bound = _mm512_set1_epi32(32767), offset = _mm512_set1_epi32(128), low = _mm512_set1_epi32(255);
+    for (std::int64_t j = 0; j < padded; j += 16) {
+        // Lanes past k load as 0: digits h + 128 = 128, l = 0, as above.
+        const __m512 v = _mm512_maskz_loadu_ps(lanes_mask(k - j), x + j);
+        __m512i q = _mm512_maskz_cvt_roundps_epi32(0xffff, _mm512_mul_ps(v, inv),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm512_maskz_max_epi32(0xffff, _mm512_maskz_min_epi32(0xffff, q, bound),
+                                   _mm512_sub_epi32(_mm512_setzero_si512(), bound));
+        const __m512i h = _mm512_maskz_srai_epi32(0xffff, q, 8);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d.hi.data() + j),
+                         _mm512_maskz_cvtepi32_epi8(0xffff, _mm512_add_epi32(h, offset)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d.lo.data() + j),
+                         _mm512_maskz_cvtepi32_epi8(0xffff, _mm512_and_si512(q, low)));
+    }
+    return true;
+}
+#endif
+
+inline bool split_digits(const float* x, std::int64_t k, Q8Digits& d) {
+#if DSV2_X86_KERNELS
+    if (has_avx512()) return split_digits_avx512(x, k, d);
+#endif
+    return split_digits_reference(x, k, d);
 }
 
 // Longer rows fall back to gemv.hpp: past ~1M the int32 lanes could wrap.

@@ -26,11 +26,13 @@ struct GemvKernel<QuantizedView<cpu>> {
     static void rows(const P& p, std::int64_t r0, std::int64_t r1) {
 #if DSV2_X86_KERNELS
         if (has_avx512_vnni() && p.x.shape[1] <= kQ8VnniMaxK) {
-            Q8Digits digits[kGemvRows];
-            for (std::int64_t i = 0; i < p.x.shape[0]; ++i)
-                split_digits(p.x.data + i * p.x.stride[0], p.x.shape[1], digits[i]);
-            return gemv_rows_q8_vnni(digits, p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1], r0, r1,
-                                     p.w.scales.data, p.y.data, p.y.stride[0]);
+            thread_local Q8Digits digits[kGemvRows];  // kept: decode splits rows of every product
+            bool finite = true;
+            for (std::int64_t i = 0; i < p.x.shape[0] && finite; ++i)
+                finite = split_digits(p.x.data + i * p.x.stride[0], p.x.shape[1], digits[i]);
+            if (finite)
+                return gemv_rows_q8_vnni(digits, p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1],
+                                         r0, r1, p.w.scales.data, p.y.data, p.y.stride[0]);
         }
 #endif
         gemv_rows(p.x.data, p.x.stride[0], p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1], r0, r1,

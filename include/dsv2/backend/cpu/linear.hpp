@@ -94,9 +94,10 @@ inline void check_product(std::string_view op, std::int64_t xn, std::int64_t xk,
 inline constexpr std::int64_t kGemvRows = 4;
 
 // A decode product is split over the threads only from this many
-// multiply-adds: a parallel region costs ~1 us with spinning threads but
-// ~70-90 us when they sleep (OMP_WAIT_POLICY=passive, measured on a 2-vCPU
-// VM), which is what a 1M-MAC bf16 product takes on one core.
+// multiply-adds: a parallel region costs 1.4-7 us under libgomp's default
+// wait policy but 83-120 us when the threads sleep (OMP_WAIT_POLICY=passive,
+// measured on a 2-vCPU VM), which is what a 1M-MAC bf16 product takes on one
+// core.
 inline constexpr std::int64_t kParallelGemv = std::int64_t{1} << 20;
 
 // Splits the units (weight rows or columns) of a group of products over the

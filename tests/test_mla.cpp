@@ -98,48 +98,20 @@ LayerRun prefill(CpuCtx& ctx, const Case& c, const MLA<T, cpu>& mla, std::int64_
     return {to_f64(y.cview()), read_latents(ctx, cache, std::ssize(lens))};
 }
 
-// The same prompts fed in chunks: at each step every unfinished sequence
-// gets its next chunk (sizes cycling through `chunks`), so sequences
-// interleave in the batch and in the page pool.
+// The same prompts fed in chunks (run_in_chunks: sequences interleave in
+// the batch and in the page pool).
 template <class T>
 LayerRun incremental(CpuCtx& ctx, const Case& c, const MLA<T, cpu>& mla, std::int64_t layer, std::int64_t page_size,
                      const std::vector<std::int64_t>& chunks) {
-    using A = acc_t<T>;
     const auto lens = c.seq_lens();
-    const std::int64_t d = c.config.hidden_size, n_seqs = std::ssize(lens);
-    std::vector<std::int64_t> begin(lens.size(), 0);  // first row of each prompt in the golden arrays
-    for (std::size_t s = 1; s < lens.size(); ++s) begin[s] = begin[s - 1] + lens[s - 1];
-    const std::int64_t total = begin.back() + lens.back();
+    const std::int64_t n_seqs = std::ssize(lens);
     const auto x_all = c.f64("layers." + std::to_string(layer) + ".attn_in");
-
     auto cache = poisoned_cache<T>(ctx, c, page_size);
     Rotary<T, cpu> rotary(ctx, c.config);
-    Workspace<cpu> ws;
-    std::vector<double> out(static_cast<std::size_t>(total * d), std::numeric_limits<double>::quiet_NaN());
-    std::vector<std::int64_t> done(lens.size(), 0);
-    for (std::size_t step = 0;; ++step) {
-        std::vector<typename StepFixture<T>::Part> parts;
-        std::vector<double> x;
-        for (std::int64_t s = 0; s < n_seqs; ++s) {
-            const std::int64_t n = std::min(chunks[(step + s) % chunks.size()], lens[s] - done[s]);
-            if (n <= 0) continue;
-            parts.push_back({s, n});
-            const auto rows = golden_rows(x_all, d, begin[s] + done[s], n);
-            x.insert(x.end(), rows.begin(), rows.end());
-        }
-        if (parts.empty()) break;
-        ws.reset();
-        StepFixture<T> sf(ctx, rotary, cache, parts);
-        auto xt = make_tensor<A, 2>(x, {sf.n_tokens(), d});
-        Tensor<A, cpu, 2> y({sf.n_tokens(), d});
-        mla.forward(ctx, ws, sf.step(), cache, 0, xt.cview(), y.view());
-        const auto yv = to_f64(y.cview());
-        for (const auto& seq : sf.step().sequences) {
-            const std::int64_t s = seq.seq_id;
-            std::copy_n(yv.begin() + seq.row_begin * d, seq.n_tokens * d, out.begin() + (begin[s] + done[s]) * d);
-            done[s] += seq.n_tokens;
-        }
-    }
+    const auto out = run_in_chunks(ctx, rotary, cache, x_all, c.config.hidden_size, lens, chunks,
+                                   [&](auto& ws, const auto& step, auto x, auto y) {
+                                       mla.forward(ctx, ws, step, cache, 0, x, y);
+                                   });
     check_untouched(cache, n_seqs);
     return {out, read_latents(ctx, cache, n_seqs)};
 }

@@ -5,6 +5,8 @@
 
 #include "fixtures.hpp"
 
+#include <algorithm>
+#include <limits>
 #include <vector>
 
 namespace dsv2::test {
@@ -105,6 +107,51 @@ private:
 inline std::vector<double> golden_rows(const std::vector<double>& all, std::int64_t width, std::int64_t begin,
                                        std::int64_t n) {
     return {all.begin() + begin * width, all.begin() + (begin + n) * width};
+}
+
+// Feeds sequences to a layer in steps, as a server would: at each step every
+// unfinished sequence gets its next chunk (sizes cycling through `chunks`,
+// offset by the sequence index so that sequences interleave in the batch and
+// in the page pool; a chunk longer than every prompt is one prefill).
+// x_all holds the sequences' input rows back to back (lens[s] rows of width
+// d each); forward(ws, step, x, y) runs the layer; returns its outputs in
+// the same order as x_all.
+template <class T, class Forward>
+std::vector<double> run_in_chunks(CpuCtx& ctx, const Rotary<T, cpu>& rotary, LatentCache<T, cpu>& cache,
+                                  const std::vector<double>& x_all, std::int64_t d,
+                                  const std::vector<std::int64_t>& lens, const std::vector<std::int64_t>& chunks,
+                                  Forward&& forward) {
+    using A = acc_t<T>;
+    std::vector<std::int64_t> begin(lens.size(), 0);  // first row of each sequence in x_all
+    for (std::size_t s = 1; s < lens.size(); ++s) begin[s] = begin[s - 1] + lens[s - 1];
+    const std::int64_t total = begin.back() + lens.back();
+    Workspace<cpu> ws;
+    std::vector<double> out(static_cast<std::size_t>(total * d), std::numeric_limits<double>::quiet_NaN());
+    std::vector<std::int64_t> done(lens.size(), 0);
+    for (std::size_t step = 0;; ++step) {
+        std::vector<typename StepFixture<T>::Part> parts;
+        std::vector<double> x;
+        for (std::size_t s = 0; s < lens.size(); ++s) {
+            const std::int64_t n = std::min(chunks[(step + s) % chunks.size()], lens[s] - done[s]);
+            if (n <= 0) continue;
+            parts.push_back({static_cast<std::int64_t>(s), n});
+            const auto rows = golden_rows(x_all, d, begin[s] + done[s], n);
+            x.insert(x.end(), rows.begin(), rows.end());
+        }
+        if (parts.empty()) break;
+        ws.reset();
+        StepFixture<T> sf(ctx, rotary, cache, parts);
+        auto xt = make_tensor<A, 2>(x, {sf.n_tokens(), d});
+        Tensor<A, cpu, 2> y({sf.n_tokens(), d});
+        forward(ws, sf.step(), xt.cview(), y.view());
+        const auto yv = to_f64(y.cview());
+        for (const auto& seq : sf.step().sequences) {
+            const auto s = static_cast<std::size_t>(seq.seq_id);
+            std::copy_n(yv.begin() + seq.row_begin * d, seq.n_tokens * d, out.begin() + (begin[s] + done[s]) * d);
+            done[s] += seq.n_tokens;
+        }
+    }
+    return out;
 }
 
 }  // namespace dsv2::test

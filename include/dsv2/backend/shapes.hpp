@@ -47,4 +47,23 @@ void check_attention(const Q& q, const K& k, const V& v, std::int64_t first_posi
                "attention: head vectors must be contiguous");
 }
 
+// cache_write: rows (N, W) into pages (P, page_size, W) at N slots.
+template <class Rows, class Slots, class Pages>
+void check_cache_write(const Rows& rows, const Slots& slots, const Pages& pages) {
+    DSV2_CHECK(pages.shape[2] == rows.shape[1] && slots.shape[0] == rows.shape[0] && pages.contiguous() &&
+                   rows.rows_contiguous(),
+               ShapeError, "cache_write: rows {}, {} slots, pages {}", shape_str(rows.shape), slots.shape[0],
+               shape_str(pages.shape));
+}
+
+// cache_gather: the first S rows of one sequence, through its block table,
+// from pages (P, page_size, W) into out (S, W).
+template <class Pages, class Table, class Out>
+void check_cache_gather(const Pages& pages, const Table& block_table, const Out& out) {
+    DSV2_CHECK(pages.shape[2] == out.shape[1] && block_table.shape[0] * pages.shape[1] >= out.shape[0] &&
+                   pages.contiguous() && out.rows_contiguous(),
+               ShapeError, "cache_gather: pages {}, {} blocks, out {}", shape_str(pages.shape), block_table.shape[0],
+               shape_str(out.shape));
+}
+
 }  // namespace dsv2

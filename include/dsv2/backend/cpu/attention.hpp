@@ -99,8 +99,7 @@ void cache_write(Context<cpu>& ctx,
 {
     const std::int64_t n = rows.shape[0], w = rows.shape[1];
     const std::int64_t page = pages.shape[1];
-    DSV2_CHECK(pages.shape[2] == w && slots.shape[0] == n && pages.contiguous(), ShapeError,
-               "cache_write: rows {}, pages {}", shape_str(rows.shape), shape_str(pages.shape));
+    check_cache_write(rows, slots, pages);
     // A Step built by hand (research code calling a layer directly) can
     // carry any slot: check them all before writing one, outside the
     // parallel loop (an exception must not leave an OpenMP region).
@@ -126,9 +125,7 @@ void cache_gather(Context<cpu>& ctx,
                   View<A, cpu, 2> out)                           // (S, W)
 {
     const std::int64_t s_len = out.shape[0], w = out.shape[1], page = pages.shape[1];
-    DSV2_CHECK(pages.shape[2] == w && block_table.shape[0] * page >= s_len && pages.contiguous(), ShapeError,
-               "cache_gather: pages {}, {} blocks, out {}", shape_str(pages.shape), block_table.shape[0],
-               shape_str(out.shape));
+    check_cache_gather(pages, block_table, out);
     for (std::int64_t b = 0; b * page < s_len; ++b) {
         DSV2_CHECK(block_table(b) >= 0 && block_table(b) < pages.shape[0], RangeError,
                    "cache_gather: block table entry {} is page {}, outside the cache's pages [0, {})", b,

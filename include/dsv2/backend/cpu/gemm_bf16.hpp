@@ -110,9 +110,10 @@ DSV2_AVX512BF16 inline void panel_tile(const bf16* panels, std::int64_t panel_st
 }
 
 // Rows [r0, r1) of the output against every activation row. `rows_at(r,
-// count, buffer)` returns 12 weight rows starting at row r, each holding 2 *
-// pairs values (in place, or copied/widened into `buffer` and zero-padded
-// when fewer than 12 remain); scales (or null) multiply each output column.
+// count)` returns {pointer, leading dimension} of 12 weight rows starting at
+// row r, each holding 2 * pairs readable values (in place, or copied or
+// widened into a per-thread buffer, zero-padded when fewer than 12 remain);
+// scales (or null) multiply each output column.
 template <class RowsAt>
 DSV2_AVX512BF16 void gemm_bf16_panels(const bf16* panels, std::int64_t n, std::int64_t pairs, RowsAt&& rows_at,
                                       const float* scales, std::int64_t r0, std::int64_t r1, float* y, std::int64_t ldy) {
@@ -160,7 +161,7 @@ inline bf16* bf16_scratch(std::int64_t elements) {
 }
 
 // The shared driver: packs x (f32, (n, k)) into panels, then threads take
-// blocks of output rows. `Weights` supplies rows_at for a thread.
+// blocks of output rows; make_rows_at() builds each thread's rows_at.
 template <class MakeRowsAt>
 void gemm_bf16(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::int64_t n, std::int64_t m, std::int64_t k,
                const float* scales, float* y, std::int64_t ldy, bool parallel, MakeRowsAt&& make_rows_at) {

@@ -124,8 +124,7 @@ void cache_write(Context<cuda>& ctx,
 {
     using namespace cuda_detail;
     const std::int64_t n = rows.shape[0], w = rows.shape[1];
-    DSV2_CHECK(pages.shape[2] == w && slots.shape[0] == n && pages.contiguous() && rows.rows_contiguous(),
-               ShapeError, "cache_write: rows {}, pages {}", shape_str(rows.shape), shape_str(pages.shape));
+    check_cache_write(rows, slots, pages);
     if (n * w == 0) return;
     cache_write_kernel<<<blocks_for(n * w, kThreads), kThreads, 0, ctx.stream>>>(
         rows.data, rows.stride[0], slots.data, slots.stride[0], pages.data, n, w);
@@ -141,10 +140,7 @@ void cache_gather(Context<cuda>& ctx,
 {
     using namespace cuda_detail;
     const std::int64_t s_len = out.shape[0], w = out.shape[1], page = pages.shape[1];
-    DSV2_CHECK(pages.shape[2] == w && block_table.shape[0] * page >= s_len && pages.contiguous() &&
-                   out.rows_contiguous(),
-               ShapeError, "cache_gather: pages {}, {} blocks, out {}", shape_str(pages.shape), block_table.shape[0],
-               shape_str(out.shape));
+    check_cache_gather(pages, block_table, out);
     if (s_len * w == 0) return;
     cache_gather_kernel<<<blocks_for(s_len * w, kThreads), kThreads, 0, ctx.stream>>>(
         pages.data, page, block_table.data, block_table.stride[0], out.data, out.stride[0], s_len, w);

@@ -81,10 +81,10 @@ TEST_CASE("linear on int8 weights equals the product with dequantized weights", 
                 REQUIRE(std::isfinite(a));
                 // The VNNI decode kernel (gemv_q8.hpp) rounds each activation
                 // to 16-bit fixed point, off by at most max|x| / 32767 / 2:
-                // |Δy| <= scale * that * Σ|q|. The other paths are f32-exact.
-                // The GEMM path on AVX512-BF16 (gemm_bf16.hpp) rounds each
-                // activation to bf16, off by at most 2^-9 of it:
-                // |Δy| <= scale * 2^-9 * Σ|x q|. Otherwise it is f32-exact.
+                // |Δy| <= scale * that * Σ|q|. The GEMM path on AVX512-BF16
+                // (gemm_bf16.hpp) rounds each activation to bf16, off by at
+                // most 2^-9 of it: |Δy| <= scale * 2^-9 * Σ|x q|. The other
+                // paths are f32-exact.
                 double sum_q = 0, sum_xq = 0;
                 for (std::int64_t j = 0; j < k; ++j) {
                     sum_q += std::abs(q.values.data()[r * k + j]);
@@ -124,7 +124,7 @@ TEST_CASE("the VNNI int8 kernel stays within its fixed-point bound of the f32 in
             auto x = random_matrix<float>(n, k, 1.0f, 6);
             x.data()[0] = 1e4f;  // one outlier sets the fixed-point step of row 0
             std::vector<dsv2::cpu_detail::Q8Digits> digits(static_cast<std::size_t>(n));
-            for (std::int64_t i = 0; i < n; ++i) REQUIRE(dsv2::cpu_detail::split_digits(x.data() + i * k, k, digits[i]));
+            for (std::int64_t i = 0; i < n; ++i) REQUIRE(dsv2::cpu_detail::split_digits_avx512(x.data() + i * k, k, digits[i]));
             std::vector<float> got(static_cast<std::size_t>(n * m)), want(got.size());
             dsv2::cpu_detail::gemv_rows_q8_vnni(digits.data(), n, q.values.data(), k, k, 0, m, q.scales.data(), got.data(), m);
             dsv2::cpu_detail::gemv_rows(x.data(), k, n, q.values.data(), k, k, 0, m, want.data(), m);
@@ -143,6 +143,7 @@ TEST_CASE("the VNNI int8 kernel stays within its fixed-point bound of the f32 in
         }
     }
 }
+
 TEST_CASE("the vector digit split equals the scalar definition to the bit", "[quant]") {
     if (!dsv2::cpu_detail::has_avx512()) return;
     std::mt19937 rng(8);
@@ -173,7 +174,7 @@ TEST_CASE("int8 decode propagates a non-finite activation instead of hiding it",
         auto x = random_matrix<float>(2, k, 1.0f, 10);
         x.data()[5] = bad;  // row 0 only
         dsv2::cpu_detail::Q8Digits d;
-        REQUIRE_FALSE(dsv2::cpu_detail::split_digits(x.data(), k, d));
+        if (dsv2::cpu_detail::has_avx512()) REQUIRE_FALSE(dsv2::cpu_detail::split_digits_avx512(x.data(), k, d));
         REQUIRE_FALSE(dsv2::cpu_detail::split_digits_reference(x.data(), k, d));
         dsv2::Tensor<float, cpu, 2> y({2, m}), y_row1({1, m});
         dsv2::linear(ctx, x.cview(), q.cview(), y.view());

@@ -30,10 +30,10 @@ struct Q8Digits {
     float scale = 0;                   // s_x
 };
 
-// The digits of one row, in plain C++: the definition (and the path of CPUs
-// without AVX-512). False, leaving d unspecified, when the row holds a NaN or
-// an infinity: there is no fixed-point scale for it, and the caller's f32
-// path propagates it.
+// The digits of one row, in plain C++: the definition that the vector split
+// below is tested against. False, leaving d unspecified, when the row holds
+// a NaN or an infinity: there is no fixed-point scale for it, and the
+// caller's f32 path propagates it.
 inline bool split_digits_reference(const float* x, std::int64_t k, Q8Digits& d) {
     const std::int64_t padded = (k + 63) / 64 * 64;
     d.hi.assign(static_cast<std::size_t>(padded), 128);  // h = 0 (the +128 is corrected exactly)
@@ -56,8 +56,9 @@ inline bool split_digits_reference(const float* x, std::int64_t k, Q8Digits& d) 
 
 #if DSV2_X86_KERNELS
 // The same digits, 16 lanes at a time (bit-identical: the same f32 product,
-// rounded to nearest even, clamped). Decode splits every activation row of
-// every int8 product, so the scalar loop's libm calls showed in profiles.
+// rounded to nearest even, clamped), as the VNNI kernel's callers use them
+// (VNNI implies AVX-512). Decode splits every activation row of every int8
+// product, so the scalar loop's libm calls showed in profiles.
 // (Zero-masked forms for GCC 12's -Wmaybe-uninitialized, as in gemv.hpp.)
 DSV2_AVX512 inline bool split_digits_avx512(const float* x, std::int64_t k, Q8Digits& d) {
     const std::int64_t padded = (k + 63) / 64 * 64;
@@ -96,13 +97,6 @@ DSV2_AVX512 inline bool split_digits_avx512(const float* x, std::int64_t k, Q8Di
     return true;
 }
 #endif
-
-inline bool split_digits(const float* x, std::int64_t k, Q8Digits& d) {
-#if DSV2_X86_KERNELS
-    if (has_avx512()) return split_digits_avx512(x, k, d);
-#endif
-    return split_digits_reference(x, k, d);
-}
 
 // Longer rows fall back to gemv.hpp: past ~1M the int32 lanes could wrap.
 inline constexpr std::int64_t kQ8VnniMaxK = std::int64_t{1} << 20;

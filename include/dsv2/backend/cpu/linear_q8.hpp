@@ -29,7 +29,7 @@ struct GemvKernel<QuantizedView<cpu>> {
             thread_local Q8Digits digits[kGemvRows];  // kept: decode splits rows of every product
             bool finite = true;
             for (std::int64_t i = 0; i < p.x.shape[0] && finite; ++i)
-                finite = split_digits(p.x.data + i * p.x.stride[0], p.x.shape[1], digits[i]);
+                finite = split_digits_avx512(p.x.data + i * p.x.stride[0], p.x.shape[1], digits[i]);
             if (finite)
                 return gemv_rows_q8_vnni(digits, p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1],
                                          r0, r1, p.w.scales.data, p.y.data, p.y.stride[0]);

@@ -38,14 +38,21 @@ __attribute__((target("avx512f,avx512bf16"))) double peak_loop() {
     __m512 acc[kChains];
     for (auto& a : acc) a = _mm512_setzero_ps();
     const __m512 a = _mm512_set1_ps(1e-3f), b = _mm512_set1_ps(1e-3f);
-    const auto ah = _mm512_cvtne2ps_pbh(a, a), bh = _mm512_cvtne2ps_pbh(b, b);
+    auto ah = _mm512_cvtne2ps_pbh(a, a);
+    const auto bh = _mm512_cvtne2ps_pbh(b, b);
+    __m512 av = a;
     const auto t0 = std::chrono::steady_clock::now();
     for (std::int64_t i = 0; i < kIters; ++i) {
+        // An opaque multiplicand keeps the loop. (A barrier on an accumulator,
+        // as this probe once had, sends all sixteen through memory on every
+        // iteration, and the probe then measured stores, not arithmetic.)
+        if constexpr (Bf16) __asm__ volatile("" : "+v"(ah));
+        else __asm__ volatile("" : "+v"(av));
+#pragma GCC unroll 16
         for (auto& c : acc) {
             if constexpr (Bf16) c = _mm512_dpbf16_ps(c, ah, bh);
-            else c = _mm512_fmadd_ps(a, b, c);
+            else c = _mm512_fmadd_ps(av, b, c);
         }
-        __asm__ volatile("" : "+v"(acc[0]));  // keep the loop
     }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     __m512 sum = acc[0];
@@ -54,8 +61,9 @@ __attribute__((target("avx512f,avx512bf16"))) double peak_loop() {
     return (Bf16 ? 64.0 : 32.0) * kChains * static_cast<double>(kIters) / s;
 }
 
-// Peak FLOP/s of all benchmark threads: f32 FMA, or bf16 dot products where
-// the CPU has AVX512-BF16 (the rate the bf16 GEMM of linear() can reach).
+// Peak FLOP/s of all benchmark threads: f32 FMA (the roof of every product
+// in linear()), or bf16 dot products where the CPU has AVX512-BF16 (printed
+// for comparison: on the machines of docs/benchmarks.md, half the FMA rate).
 inline double peak_flops(bool bf16_dot) {
     static const auto probe = [](bool bf) {
         double total = 0;
@@ -64,19 +72,36 @@ inline double peak_flops(bool bf16_dot) {
         return total;
     };
     static const double f32 = probe(false);
-    static const double bf = dsv2::cpu_detail::has_avx512_bf16() ? probe(true) : f32;
+    static const double bf = __builtin_cpu_supports("avx512bf16") ? probe(true) : f32;
     return bf16_dot ? bf : f32;
 }
 #endif
 
+// Reads a buffer twice the size of a large L3 (512 MiB), so that what a
+// benchmark touched before comes from memory again, as it does in a model
+// whose weights stream through the caches between one layer's visits.
+inline void evict_caches() {
+    static std::vector<std::int64_t> buffer(std::size_t{64} << 20, 1);
+    std::int64_t sum = 0;
+#pragma omp parallel for num_threads(bench_threads()) reduction(+ : sum)
+    for (std::size_t i = 0; i < buffer.size(); i += 8) sum += buffer[i];
+    benchmark::DoNotOptimize(sum);
+}
+
 // Times `body` in the benchmark loop and sets, per iteration, `bytes` and
 // `flops` as rates, plus `roofline` = achieved bytes/s over the probe's.
+// With `cold`, the caches are evicted (untimed) before every iteration.
 // Returns the seconds timed, for further rates.
 template <class F>
-double run_timed(benchmark::State& state, double bytes, double flops, F&& body) {
+double run_timed(benchmark::State& state, double bytes, double flops, F&& body, bool cold = false) {
     const double bw = bandwidth_bytes_per_s();
     double seconds = 0;
     for (auto _ : state) {
+        if (cold) {
+            state.PauseTiming();
+            evict_caches();
+            state.ResumeTiming();
+        }
         const auto t0 = std::chrono::steady_clock::now();
         body();
         seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

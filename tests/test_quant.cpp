@@ -1,9 +1,9 @@
 // Weight-only int8 (core/quantized.hpp, backend/cpu/linear_q8.hpp):
 // quantization round trip within half a step per element; linear() on
 // quantized weights equals the f32 product with the dequantized weights
-// within the bound of its activation rounding (bf16 in the GEMM path where
-// the CPU has AVX512-BF16, 16-bit fixed point in the VNNI decode kernel) or
-// to f32 rounding (elsewhere), and is within the quantization bound of the product
+// within the bound of its activation rounding (16-bit fixed point in the
+// VNNI decode kernel) or to f32 rounding (elsewhere, the prefill GEMM
+// included), and is within the quantization bound of the product
 // with the original weights; the VNNI kernel against the f32 int8 kernel on
 // awkward shapes.
 #include <catch2/catch.hpp>
@@ -62,7 +62,6 @@ TEST_CASE("linear on int8 weights equals the product with dequantized weights", 
     dsv2::Tensor<float, cpu, 2> deq({m, k});
     for (std::int64_t r = 0; r < m; ++r)
         for (std::int64_t j = 0; j < k; ++j) deq.data()[r * k + j] = q.scales.data()[r] * q.values.data()[r * k + j];
-    const bool bf16_gemm = dsv2::cpu_detail::has_avx512_bf16();
     for (std::int64_t n : {1, 3, 4, 5, 33}) {  // GEMV path up to 4 rows, GEMM path above
         INFO("rows " << n);
         const auto x = random_matrix<float>(n, k, 1.0f, 3);
@@ -81,18 +80,11 @@ TEST_CASE("linear on int8 weights equals the product with dequantized weights", 
                 REQUIRE(std::isfinite(a));
                 // The VNNI decode kernel (gemv_q8.hpp) rounds each activation
                 // to 16-bit fixed point, off by at most max|x| / 32767 / 2:
-                // |Δy| <= scale * that * Σ|q|. The GEMM path on AVX512-BF16
-                // (gemm_bf16.hpp) rounds each activation to bf16, off by at
-                // most 2^-9 of it: |Δy| <= scale * 2^-9 * Σ|x q|. The other
-                // paths are f32-exact.
-                double sum_q = 0, sum_xq = 0;
-                for (std::int64_t j = 0; j < k; ++j) {
-                    sum_q += std::abs(q.values.data()[r * k + j]);
-                    sum_xq += std::abs(x.data()[i * k + j] * double(q.values.data()[r * k + j]));
-                }
-                const double activation_rounding =
-                    n <= 4 ? 0.5 * q.scales.data()[r] * (max_x / 32767) * sum_q
-                           : (bf16_gemm ? q.scales.data()[r] * std::ldexp(sum_xq, -9) : 0.0);
+                // |Δy| <= scale * that * Σ|q|. The other paths (the prefill
+                // GEMM of gemm_panels.hpp among them) are f32-exact.
+                double sum_q = 0;
+                for (std::int64_t j = 0; j < k; ++j) sum_q += std::abs(q.values.data()[r * k + j]);
+                const double activation_rounding = n <= 4 ? 0.5 * q.scales.data()[r] * (max_x / 32767) * sum_q : 0.0;
                 REQUIRE(std::abs(a - e) <= activation_rounding + 1e-5 * (1 + std::abs(e)));
                 // Each weight is off by at most half a step: |Δy| <= Σ|x| * scale / 2.
                 REQUIRE(std::abs(a - o) <= 0.5 * q.scales.data()[r] * abs_x * (1 + 1e-4) + activation_rounding + 1e-5);

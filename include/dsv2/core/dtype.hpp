@@ -123,12 +123,8 @@ struct DTypeTraits<bf16> {
     static constexpr std::string_view name = "bf16";
     static constexpr std::string_view safetensors = "BF16";
     // bf16 keeps 8 significant bits: weights rounded to ~0.4%, errors add up
-    // through a layer. The normalised squared error is the real gate. The
-    // elementwise bound is 0.15, not 0.1, since prefill products round the
-    // activations to bf16 too (backend/cpu/gemm_bf16.hpp, as llama.cpp's and
-    // PyTorch's bf16 paths do): on tiny_v2 one token whose expert choice is a
-    // near-tie reaches 0.13 in the naive path's logits (NMSE 2e-4).
-    static constexpr double rtol = 1.5e-1, atol = 1.5e-1, nmse = 1e-3;
+    // through a layer. The normalised squared error is the real gate.
+    static constexpr double rtol = 1e-1, atol = 1e-1, nmse = 1e-3;
 };
 template <>
 struct DTypeTraits<f16> {

@@ -14,7 +14,7 @@
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"
-#include "dsv2/backend/cpu/gemm_bf16.hpp"
+#include "dsv2/backend/cpu/gemm_panels.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
 #include "dsv2/backend/product.hpp"
 
@@ -198,9 +198,9 @@ void linear(Context<cpu>& ctx,
             return gemv_group_rows(ctx, std::span(&p, 1));
         }
     }
-    if constexpr (std::is_same_v<A, float> && std::is_same_v<T, bf16>) {
-        if (try_gemm_bf16(ctx, x.data, x.stride[0], n, w.data, w.stride[0], m, k, y.data, y.stride[0],
-                          n * m * k >= kParallelWork))
+    if constexpr (std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)) {
+        if (try_gemm_panels(ctx, x.data, x.stride[0], n, w.data, w.stride[0], nullptr, m, k, y.data, y.stride[0],
+                            n * m * k >= kParallelWork))
             return;
     }
     const auto xm = as_matrix<A>(x);

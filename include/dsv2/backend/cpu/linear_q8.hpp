@@ -3,9 +3,9 @@
 // Decode (N <= kGemvRows, f32 activations): the int8 rows are read in place,
 // by the VNNI kernel of gemv_q8.hpp where the CPU has it (activations as
 // 16-bit fixed point, integer dot products), else widened and FMA'd in f32;
-// each output is scaled once. Larger N (prefill): the bf16 dot-product GEMM
-// of gemm_bf16.hpp, tiles of int8 rows widened to bf16 exactly; without
-// AVX512-BF16, blocks of rows are dequantized into a per-thread buffer for
+// each output is scaled once. Larger N (prefill): the f32 GEMM of
+// gemm_panels.hpp, tiles of int8 rows widened to f32 exactly; without
+// AVX-512, blocks of rows are dequantized into a per-thread buffer for
 // Eigen's GEMM, as linear() does for 16-bit weights.
 #pragma once
 
@@ -75,8 +75,8 @@ void linear(Context<cpu>& ctx,
         }
     }
     if constexpr (std::is_same_v<A, float>) {
-        if (try_gemm_q8_bf16(ctx, x.data, x.stride[0], n, q, ldq, scales, m, k, y.data, y.stride[0],
-                             n * m * k >= kParallelWork))
+        if (try_gemm_panels(ctx, x.data, x.stride[0], n, q, ldq, scales, m, k, y.data, y.stride[0],
+                            n * m * k >= kParallelWork))
             return;
     }
     const auto xm = as_matrix<A>(x);

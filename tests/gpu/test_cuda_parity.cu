@@ -219,6 +219,39 @@ void primitives(Context<cpu>& c, Context<cuda>& g) {
         cache_gather(c, pc.cview(), tc.cview(), oc.view());
         cache_gather(g, pg.cview(), tg.cview(), og.view());
         check(fmt::format("cache_gather[{}]", dt), values(g, og), values(oc), tol<T>());
+
+        // Indices in device memory are checked by the kernels: a slot past
+        // the cache, or a page past it in a block table, is a RangeError at
+        // the next synchronisation, and the cache is left as it was.
+        const std::string bad = fmt::format("cache index checks[{}]", dt);
+        if (selected(bad)) {
+            const auto before = values(g, pg);
+            auto throws = [&](auto&& call, const char* what) {
+                try {
+                    call();
+                    synchronize(g);
+                } catch (const RangeError& e) {
+                    return std::string(e.what()).find(what) != std::string::npos;
+                }
+                return false;
+            };
+            std::vector<std::int64_t> bad_slots{0, n_pages * page};
+            Tensor<std::int64_t, cuda, 1> bs({2});
+            copy_to_device(g, bad_slots.data(), bs.data(), 2);
+            const bool slot_ok = throws(
+                [&] { cache_write(g, rows.d.cview().rows(0, 2), bs.cview(), pg.view()); },
+                fmt::format("token slot {} lies outside", n_pages * page).c_str());
+            const bool unchanged = values(g, pg) == before;
+            std::vector<std::int32_t> bad_table{0, -1};
+            Tensor<std::int32_t, cuda, 1> bt({2});
+            copy_to_device(g, bad_table.data(), bt.data(), 2);
+            Tensor<A, cuda, 2> o2({2 * page, w});
+            const bool page_ok =
+                throws([&] { cache_gather(g, pg.cview(), bt.cview(), o2.view()); }, "a block table entry is page -1");
+            synchronize(g);  // nothing left recorded
+            record(bad, slot_ok && unchanged && page_ok,
+                   fmt::format("slot {}, cache unchanged {}, page {}", slot_ok, unchanged, page_ok));
+        }
     }
 
     // ---- routing, grouping, gather / scatter-add -------------------------

@@ -72,17 +72,35 @@ __global__ void attention_kernel(const A* q, std::int64_t qs0, std::int64_t qs1,
     for (std::int64_t c = tid; c < dv; c += blockDim.x) orow[c] = acc[c] / l;
 }
 
+// The slots live in device memory: one outside the cache's `slots_total`
+// rows is reported (DeviceErrors) and its row not written.
 template <class T, class A>
 __global__ void cache_write_kernel(const A* rows, std::int64_t ldr, const std::int64_t* slots, std::int64_t ss,
-                                   T* pages, std::int64_t n, std::int64_t w) {
-    DSV2_CUDA_FOR_2D(i, j, n, w) { store(pages + slots[i * ss] * w + j, rows[i * ldr + j]); }
+                                   T* pages, std::int64_t slots_total, std::int64_t n, std::int64_t w,
+                                   DeviceErrors* errors) {
+    DSV2_CUDA_FOR_2D(i, j, n, w) {
+        const std::int64_t slot = slots[i * ss];
+        if (slot < 0 || slot >= slots_total) {
+            if (j == 0) report(errors, DeviceErrors::cache_slot, slot, slots_total);
+            continue;
+        }
+        store(pages + slot * w + j, rows[i * ldr + j]);
+    }
 }
 
+// Likewise a block table entry outside the cache's `n_pages`: reported, and
+// its rows read as zero.
 template <class A, class T>
-__global__ void cache_gather_kernel(const T* pages, std::int64_t page, const std::int32_t* table, std::int64_t st,
-                                    A* out, std::int64_t ldo, std::int64_t s_len, std::int64_t w) {
+__global__ void cache_gather_kernel(const T* pages, std::int64_t page, std::int64_t n_pages, const std::int32_t* table,
+                                    std::int64_t st, A* out, std::int64_t ldo, std::int64_t s_len, std::int64_t w,
+                                    DeviceErrors* errors) {
     DSV2_CUDA_FOR_2D(j, c, s_len, w) {
         const std::int64_t block = table[(j / page) * st];
+        if (block < 0 || block >= n_pages) {
+            if (c == 0) report(errors, DeviceErrors::cache_page, block, n_pages);
+            out[j * ldo + c] = A(0);
+            continue;
+        }
         out[j * ldo + c] = load<A>(pages + (block * page + j % page) * w + c);
     }
 }
@@ -127,7 +145,8 @@ void cache_write(Context<cuda>& ctx,
     check_cache_write(rows, slots, pages);
     if (n * w == 0) return;
     cache_write_kernel<<<blocks_for(n * w, kThreads), kThreads, 0, ctx.stream>>>(
-        rows.data, rows.stride[0], slots.data, slots.stride[0], pages.data, n, w);
+        rows.data, rows.stride[0], slots.data, slots.stride[0], pages.data, pages.shape[0] * pages.shape[1], n, w,
+        ctx.device_errors());
     DSV2_CUDA_LAUNCHED();
 }
 
@@ -143,7 +162,8 @@ void cache_gather(Context<cuda>& ctx,
     check_cache_gather(pages, block_table, out);
     if (s_len * w == 0) return;
     cache_gather_kernel<<<blocks_for(s_len * w, kThreads), kThreads, 0, ctx.stream>>>(
-        pages.data, page, block_table.data, block_table.stride[0], out.data, out.stride[0], s_len, w);
+        pages.data, page, pages.shape[0], block_table.data, block_table.stride[0], out.data, out.stride[0], s_len, w,
+        ctx.device_errors());
     DSV2_CUDA_LAUNCHED();
 }
 

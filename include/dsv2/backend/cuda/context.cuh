@@ -86,6 +86,29 @@ struct Memory<cuda> {
     static void zero(void* p, std::size_t bytes) { DSV2_CUDA_CHECK(cudaMemset(p, 0, bytes)); }
 };
 
+namespace cuda_detail {
+
+// Indices that live in device memory (cache slots, block table entries) can
+// only be checked by the kernels that read them. Such a kernel skips the
+// access and records it here, in mapped host memory the device writes
+// directly; the next call that synchronises the stream throws (see
+// Context::throw_device_errors), so a bad index is an exception, never an
+// out-of-bounds write.
+struct DeviceErrors {
+    unsigned int kinds;     // bits of Kind
+    long long value, limit;  // an offending index and the bound it broke
+    enum Kind : unsigned int { cache_slot = 1u, cache_page = 2u };
+};
+
+__device__ inline void report(DeviceErrors* e, DeviceErrors::Kind kind, long long value, long long limit) {
+    e->value = value;
+    e->limit = limit;
+    __threadfence_system();
+    atomicOr(&e->kinds, static_cast<unsigned int>(kind));
+}
+
+}  // namespace cuda_detail
+
 template <>
 struct Context<cuda> {
     int device = 0;
@@ -102,6 +125,11 @@ struct Context<cuda> {
         DSV2_CUBLAS_CHECK(cublasSetStream(blas, stream));
         // Plain f32 GEMMs stay f32 (no TF32): parity with the CPU is the contract.
         DSV2_CUBLAS_CHECK(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH));
+        void* host = nullptr;
+        DSV2_CUDA_CHECK(cudaHostAlloc(&host, sizeof(cuda_detail::DeviceErrors), cudaHostAllocMapped));
+        errors_host_ = static_cast<cuda_detail::DeviceErrors*>(host);
+        *errors_host_ = {};
+        DSV2_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&errors_device_), host, 0));
     }
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
@@ -114,6 +142,7 @@ struct Context<cuda> {
         return *this;
     }
     ~Context() {
+        if (errors_host_) (void)cudaFreeHost(errors_host_);
         if (blas) (void)cublasDestroy(blas);
         if (stream) (void)cudaStreamDestroy(stream);
         if (scratch_) (void)cudaFree(scratch_);
@@ -137,6 +166,23 @@ struct Context<cuda> {
         return scratch_;
     }
 
+    // Where kernels record bad device-resident indices (cuda_detail::DeviceErrors).
+    cuda_detail::DeviceErrors* device_errors() const { return errors_device_; }
+
+    // Called once the stream is synchronised: throws RangeError for what the
+    // kernels recorded since the last call, and clears it.
+    void throw_device_errors() {
+        if (!errors_host_) return;  // moved from
+        const cuda_detail::DeviceErrors e = *errors_host_;
+        if (e.kinds == 0) return;
+        *errors_host_ = {};
+        if (e.kinds & cuda_detail::DeviceErrors::cache_slot)
+            DSV2_FAIL(RangeError, "cache_write: token slot {} lies outside the cache's {} rows (pages x page_size); "
+                      "the kernel skipped the write", e.value, e.limit);
+        DSV2_FAIL(RangeError, "cache_gather/mla_decode: a block table entry is page {}, outside the cache's pages "
+                  "[0, {}); its rows were read as zero", e.value, e.limit);
+    }
+
 private:
     void swap(Context& o) noexcept {
         std::swap(device, o.device);
@@ -144,9 +190,13 @@ private:
         std::swap(blas, o.blas);
         std::swap(scratch_, o.scratch_);
         std::swap(scratch_bytes_, o.scratch_bytes_);
+        std::swap(errors_host_, o.errors_host_);
+        std::swap(errors_device_, o.errors_device_);
     }
     void* scratch_ = nullptr;
     std::size_t scratch_bytes_ = 0;
+    cuda_detail::DeviceErrors* errors_host_ = nullptr;    // mapped, pinned
+    cuda_detail::DeviceErrors* errors_device_ = nullptr;  // the same memory, as the device sees it
 };
 
 // Number of CUDA devices; 0 when there is no device or no driver (never throws).
@@ -174,8 +224,12 @@ void copy_to_host(Context<cuda>& ctx, const T* src, T* host, std::int64_t n) {
     DSV2_CUDA_CHECK(cudaMemcpyAsync(host, src, static_cast<std::size_t>(n) * sizeof(T), cudaMemcpyDeviceToHost,
                                     ctx.stream));
     DSV2_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    ctx.throw_device_errors();
 }
-inline void synchronize(Context<cuda>& ctx) { DSV2_CUDA_CHECK(cudaStreamSynchronize(ctx.stream)); }
+inline void synchronize(Context<cuda>& ctx) {
+    DSV2_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+    ctx.throw_device_errors();
+}
 
 namespace cuda_detail {
 

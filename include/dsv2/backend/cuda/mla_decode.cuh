@@ -48,8 +48,9 @@ constexpr std::size_t kDecSmem = sizeof(float) * kDecHeads * kDecRank      // O
 template <class T>
 __global__ void __launch_bounds__(kDecThreads) mla_decode_split_kernel(
     const float* q, std::int64_t qs0, std::int64_t qs1, const T* pages, std::int64_t page_size,
-    const std::int32_t* tables, std::int64_t ts0, const std::int32_t* lengths, std::int64_t chunk, float scale,
-    float* part_o, float* part_m, float* part_l, std::int64_t heads) {
+    std::int64_t n_pages, const std::int32_t* tables, std::int64_t ts0, const std::int32_t* lengths,
+    std::int64_t chunk, float scale, float* part_o, float* part_m, float* part_l, std::int64_t heads,
+    DeviceErrors* errors) {
     namespace wmma = nvcuda::wmma;
     using W = wmma_t<T>;
     extern __shared__ __align__(128) unsigned char dec_smem[];
@@ -89,7 +90,11 @@ __global__ void __launch_bounds__(kDecThreads) mla_decode_split_kernel(
             if (j < n_keys) {
                 const std::int64_t key = start + j;
                 const std::int64_t blk = tables[b * ts0 + key / page_size];
-                val = reinterpret_cast<const uint4*>(pages + (blk * page_size + key % page_size) * kDecWidth)[v];
+                if (blk >= 0 && blk < n_pages) {
+                    val = reinterpret_cast<const uint4*>(pages + (blk * page_size + key % page_size) * kDecWidth)[v];
+                } else if (v == 0) {
+                    report(errors, DeviceErrors::cache_page, blk, n_pages);  // the table is in device memory
+                }
             }
             reinterpret_cast<uint4*>(ks + j * kDecWidth)[v] = val;
         }
@@ -226,8 +231,9 @@ void mla_decode(Context<cuda>& ctx,
                                              static_cast<int>(kDecSmem)));
         const dim3 grid(static_cast<unsigned>(head_blocks), static_cast<unsigned>(splits), static_cast<unsigned>(batch));
         mla_decode_split_kernel<T><<<grid, kDecThreads, kDecSmem, ctx.stream>>>(
-            q.data, q.stride[0], q.stride[1], pages.data, page, block_tables.data, block_tables.stride[0], dev_lens,
-            chunk, static_cast<float>(scale), part_o, part_m, part_l, heads);
+            q.data, q.stride[0], q.stride[1], pages.data, page, pages.shape[0], block_tables.data,
+            block_tables.stride[0], dev_lens, chunk, static_cast<float>(scale), part_o, part_m, part_l, heads,
+            ctx.device_errors());
         DSV2_CUDA_LAUNCHED();
         mla_decode_combine_kernel<<<dim3(static_cast<unsigned>(heads), static_cast<unsigned>(batch)), 128, 0,
                                     ctx.stream>>>(part_o, part_m, part_l, splits, heads, out.data, out.stride[0],

@@ -2,8 +2,9 @@
 // weight type widens to f32 exactly and the activations are not rounded, so
 // y must equal the exact product within the f32 summation bound — per output
 // at most k (one accumulator lane, k FMAs) roundings of 2^-24 of Σ|x w|, plus
-// one for an int8 row's scale and, with K in blocks of kKBlock, one per
-// block for adding the partial sums in y.
+// one for an int8 row's scale and, with K in blocks (k_block: many rows
+// take K in blocks that keep their panels in L2), one per block for adding
+// the partial sums in y.
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
@@ -62,7 +63,8 @@ double check_shape(dsv2::Context<cpu>& ctx, std::int64_t n, std::int64_t k, std:
     REQUIRE(dsv2::cpu_detail::try_gemm_panels(ctx, x.data(), ldx, n, w.data(), ldw, scaled ? s.data() : nullptr, m,
                                               k, y.data(), ldy, n * m * k >= 4096));
     const double roundings =
-        double(k) + double((k + dsv2::cpu_detail::kKBlock - 1) / dsv2::cpu_detail::kKBlock) + (scaled ? 1.0 : 0.0);
+        double(k) + double((k + dsv2::cpu_detail::k_block(n, k) - 1) / dsv2::cpu_detail::k_block(n, k)) +
+        (scaled ? 1.0 : 0.0);
     double worst = 0;
     for (std::int64_t i = 0; i < n; ++i) {
         REQUIRE(std::isnan(y[static_cast<std::size_t>(i * ldy + m)]));
@@ -97,7 +99,7 @@ TEMPLATE_TEST_CASE("prefill GEMM equals the exact product of f32 activations and
     const bool scaled = std::is_same_v<T, std::int8_t>;
     double worst = 0;
     // Panels of 16 activation rows (in pairs), tiles of 12 weight rows, K in
-    // blocks of 256 and vectors of 16.
+    // vectors of 16.
     for (std::int64_t n : {5, 16, 17, 32, 33, 67}) {
         for (std::int64_t k : {1, 15, 16, 33, 255, 256, 257, 600}) {
             for (std::int64_t m : {1, 5, 12, 13, 24, 70}) {
@@ -107,8 +109,11 @@ TEMPLATE_TEST_CASE("prefill GEMM equals the exact product of f32 activations and
             }
         }
     }
-    // One MoE-expert-sized product: K = 2048 over many blocks and both threads.
+    // One MoE-expert-sized product: K = 2048, many tiles over both threads.
     worst = std::max(worst, check_shape<T>(ctx, 19, 2048, 300, scaled));
+    // Enough rows that K goes in blocks (608 padded rows: blocks of 416).
+    REQUIRE(dsv2::cpu_detail::k_block(600, 1000) < 1000);
+    worst = std::max(worst, check_shape<T>(ctx, 600, 1000, 13, scaled));
     REQUIRE(worst <= 1.0);
     std::printf("gemm_panels<%s>: worst error %.3f of the f32 summation bound\n",
                 type_name<T>(), worst);

@@ -32,7 +32,16 @@
 namespace dsv2::cpu_detail {
 
 // Rows of activations per panel and of weights per tile (see above).
-inline constexpr std::int64_t kPanelRows = 16, kTileWeights = 12, kKBlock = 256;
+inline constexpr std::int64_t kPanelRows = 16, kTileWeights = 12;
+
+// Columns of K per block: as many as keep the panels' share within 1 MiB
+// (half of a 2 MiB L2), at least 256. Few activation rows (an expert's
+// tokens) take all of K in one block, so each output is written once.
+inline std::int64_t k_block(std::int64_t n, std::int64_t k) {
+    constexpr std::int64_t kPanelBytes = std::int64_t{1} << 20;
+    const std::int64_t rows = (n + kPanelRows - 1) / kPanelRows * kPanelRows;
+    return std::min(k, std::max<std::int64_t>(256, kPanelBytes / (rows * 4) / 16 * 16));
+}
 
 #if DSV2_X86_KERNELS
 
@@ -73,18 +82,19 @@ DSV2_AVX512 inline void widen_tile(const T* w, std::int64_t ldw, std::int64_t ro
     }
 }
 
-// Rows [r0, r1) of the output against every activation row, kKBlock
-// columns of K at a time (the panels' share of those, at most a few hundred
-// KB, stays in L2 while every tile of the block passes over it); `buffer`
-// holds one widened tile (12 × kKBlock floats).
+// Rows [r0, r1) of the output against every activation row, k_block(n, k)
+// columns of K at a time (the panels' share of those stays in L2 while every
+// tile of the block passes over it); `buffer` holds one widened tile (12 ×
+// that many floats).
 template <class T>
 DSV2_AVX512 void gemm_panels_rows(const float* panels, std::int64_t n, std::int64_t k, const T* w, std::int64_t ldw,
                                   const float* scales, std::int64_t r0, std::int64_t r1, float* buffer, float* y,
                                   std::int64_t ldy) {
     const std::int64_t panel_stride = k * kPanelRows, n_panels = (n + kPanelRows - 1) / kPanelRows;
     alignas(64) float tile[kTileWeights * 2 * kPanelRows];
-    for (std::int64_t k0 = 0; k0 < k; k0 += kKBlock) {
-        const std::int64_t kc = std::min(kKBlock, k - k0), ld = (kc + 15) / 16 * 16;
+    const std::int64_t block = k_block(n, k);
+    for (std::int64_t k0 = 0; k0 < k; k0 += block) {
+        const std::int64_t kc = std::min(block, k - k0), ld = (kc + 15) / 16 * 16;
         const bool first = k0 == 0, last = k0 + kc == k;
         for (std::int64_t r = r0; r < r1; r += kTileWeights) {
             const std::int64_t rows = std::min(kTileWeights, r1 - r);
@@ -160,7 +170,7 @@ bool try_gemm_panels(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::i
                 for (std::int64_t p = 0; p < k; ++p) dst[p * kPanelRows] = 0.0f;
             }
         }
-        float* buffer = f32_scratch<1>(kTileWeights * kKBlock);
+        float* buffer = f32_scratch<1>(kTileWeights * (k_block(n, k) + 15) / 16 * 16);
 #pragma omp for schedule(dynamic, 1)
         for (std::int64_t b = 0; b < blocks; ++b)
             gemm_panels_rows(panels, n, k, w, ldw, scales, b * block, std::min(m, (b + 1) * block), buffer, y, ldy);

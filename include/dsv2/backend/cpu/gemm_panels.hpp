@@ -10,7 +10,7 @@
 // Why f32 and not `vdpbf16ps`: on the CPUs we measure (docs/benchmarks.md)
 // 512-bit f32 FMAs issue four times as often as bf16 dot products, twice the
 // multiply-adds per second; where the two rates are equal (32 MACs a cycle
-// on either), f32 costs only the widening of each weight tile, once per call.
+// on either), f32 costs only the widening of each weight tile.
 //
 // Layout: the activations are packed once per call into panels of 16 rows,
 // column-major within a panel (step p of a panel is one zmm holding x[i, p]
@@ -18,7 +18,8 @@
 // each tile of 12 rows is widened into a per-thread f32 buffer (at most a
 // few hundred KB: L2) and multiplied against every panel, two at a time: 12
 // broadcast weights × 2 panel vectors = 24 zmm accumulators, no horizontal
-// sums, the 12 × 32 tile transposed into y at the end.
+// sums, the 12 × 32 tile transposed into y at the end. Many activation rows
+// take K in blocks (k_block), so that the panels stay in L2.
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"

@@ -78,22 +78,21 @@ DSV2_AVX512 inline void widen_tile(const T* w, std::int64_t ldw, std::int64_t ro
             std::fill(out, out + ld, 0.0f);
             continue;
         }
-        const T* src = w + r * ldw;
-        for (std::int64_t j = 0; j < ld; j += 16) _mm512_storeu_ps(out + j, load16(src + j, lanes_mask(k - j)));
+        widen_f32_avx512(w + r * ldw, out, k);
+        std::fill(out + k, out + ld, 0.0f);
     }
 }
 
-// Rows [r0, r1) of the output against every activation row, k_block(n, k)
-// columns of K at a time (the panels' share of those stays in L2 while every
-// tile of the block passes over it); `buffer` holds one widened tile (12 ×
-// that many floats).
+// Rows [r0, r1) of the output against every activation row, `block`
+// (k_block) columns of K at a time (the panels' share of those stays in L2
+// while every tile of the block passes over it); `buffer` holds one widened
+// tile (12 × round_up(block, 16) floats).
 template <class T>
-DSV2_AVX512 void gemm_panels_rows(const float* panels, std::int64_t n, std::int64_t k, const T* w, std::int64_t ldw,
-                                  const float* scales, std::int64_t r0, std::int64_t r1, float* buffer, float* y,
-                                  std::int64_t ldy) {
+DSV2_AVX512 void gemm_panels_rows(const float* panels, std::int64_t n, std::int64_t k, std::int64_t block, const T* w,
+                                  std::int64_t ldw, const float* scales, std::int64_t r0, std::int64_t r1,
+                                  float* buffer, float* y, std::int64_t ldy) {
     const std::int64_t panel_stride = k * kPanelRows, n_panels = (n + kPanelRows - 1) / kPanelRows;
     alignas(64) float tile[kTileWeights * 2 * kPanelRows];
-    const std::int64_t block = k_block(n, k);
     for (std::int64_t k0 = 0; k0 < k; k0 += block) {
         const std::int64_t kc = std::min(block, k - k0), ld = (kc + 15) / 16 * 16;
         const bool first = k0 == 0, last = k0 + kc == k;
@@ -154,6 +153,7 @@ bool try_gemm_panels(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::i
     if (!has_avx512() || k == 0) return false;
     const std::int64_t n_panels = (n + kPanelRows - 1) / kPanelRows, panel_stride = k * kPanelRows;
     float* panels = f32_scratch<0>(n_panels * panel_stride);
+    const std::int64_t k_step = k_block(n, k);
     const int threads = parallel ? ctx.threads : 1;
     // Blocks of whole tiles, several per thread for balance.
     const std::int64_t tiles = (m + kTileWeights - 1) / kTileWeights;
@@ -171,10 +171,11 @@ bool try_gemm_panels(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::i
                 for (std::int64_t p = 0; p < k; ++p) dst[p * kPanelRows] = 0.0f;
             }
         }
-        float* buffer = f32_scratch<1>(kTileWeights * (k_block(n, k) + 15) / 16 * 16);
+        float* buffer = f32_scratch<1>(kTileWeights * ((k_step + 15) / 16 * 16));
 #pragma omp for schedule(dynamic, 1)
         for (std::int64_t b = 0; b < blocks; ++b)
-            gemm_panels_rows(panels, n, k, w, ldw, scales, b * block, std::min(m, (b + 1) * block), buffer, y, ldy);
+            gemm_panels_rows(panels, n, k, k_step, w, ldw, scales, b * block, std::min(m, (b + 1) * block), buffer, y,
+                             ldy);
     }
     return true;
 #else

@@ -24,10 +24,10 @@
 
 #include "dsv2/backend/cpu/context.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
+#include "dsv2/backend/cpu/scratch.hpp"
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <utility>
 
 namespace dsv2::cpu_detail {
@@ -122,23 +122,6 @@ DSV2_AVX512 void gemm_panels_rows(const float* panels, std::int64_t n, std::int6
     }
 }
 
-// The calling thread's f32 buffer, 64-byte aligned; it grows to the largest
-// request and is kept (Slot 0: the packed activations, 1: a widened tile).
-template <int Slot>
-inline float* f32_scratch(std::int64_t elements) {
-    struct Release {
-        void operator()(float* p) const { Memory<cpu>::release(p); }
-    };
-    thread_local std::unique_ptr<float, Release> buf;
-    thread_local std::int64_t size = 0;
-    if (elements > size) {
-        buf.reset();
-        buf.reset(static_cast<float*>(Memory<cpu>::allocate(static_cast<std::size_t>(elements) * sizeof(float))));
-        size = elements;
-    }
-    return buf.get();
-}
-
 #endif  // DSV2_X86_KERNELS
 
 // y = x · (diag(scales) w)ᵀ: x (n, k) f32, w (m, k) bf16, f16 or int8,
@@ -152,7 +135,7 @@ bool try_gemm_panels(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::i
 #if DSV2_X86_KERNELS
     if (!has_avx512() || k == 0) return false;
     const std::int64_t n_panels = (n + kPanelRows - 1) / kPanelRows, panel_stride = k * kPanelRows;
-    float* panels = f32_scratch<0>(n_panels * panel_stride);
+    float* panels = f32_scratch<kScratchPanels>(n_panels * panel_stride);
     const std::int64_t k_step = k_block(n, k);
     const int threads = parallel ? ctx.threads : 1;
     // Blocks of whole tiles, several per thread for balance.
@@ -171,7 +154,7 @@ bool try_gemm_panels(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::i
                 for (std::int64_t p = 0; p < k; ++p) dst[p * kPanelRows] = 0.0f;
             }
         }
-        float* buffer = f32_scratch<1>(kTileWeights * ((k_step + 15) / 16 * 16));
+        float* buffer = f32_scratch<kScratchWeightTile>(kTileWeights * ((k_step + 15) / 16 * 16));
 #pragma omp for schedule(dynamic, 1)
         for (std::int64_t b = 0; b < blocks; ++b)
             gemm_panels_rows(panels, n, k, k_step, w, ldw, scales, b * block, std::min(m, (b + 1) * block), buffer, y,

@@ -23,6 +23,7 @@
 #include "dsv2/backend/cpu/gemv.hpp"
 #include "dsv2/backend/cpu/linear.hpp"
 #include "dsv2/backend/cpu/mla_decode_avx512.hpp"
+#include "dsv2/backend/cpu/scratch.hpp"
 #include "dsv2/backend/shapes.hpp"
 
 #include <cmath>
@@ -77,29 +78,29 @@ void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* 
     }
 }
 
-// Merges the splits' softmax states into out (H, C): o is read through
-// `col(c)`, the position of column c in a split's output row of `ld` floats.
-template <class Col>
-void merge_splits(std::int64_t heads, std::int64_t rank, int parts, const float* o, std::int64_t ld,
-                  const float* max, const float* sum, Col col, float* out, std::int64_t out_ld) {
+#if DSV2_X86_KERNELS
+// Merges the splits' softmax states into out (H, C); a split's output rows
+// hold `ld` floats in the permuted lane order of mla_decode_avx512.hpp.
+inline void merge_splits(std::int64_t heads, std::int64_t rank, int parts, const float* o, std::int64_t ld,
+                         const float* max, const float* sum, float* out, std::int64_t out_ld) {
+    std::vector<float> merged(static_cast<std::size_t>(ld));  // one head
     for (std::int64_t h = 0; h < heads; ++h) {
         float m = -std::numeric_limits<float>::infinity();
         for (int p = 0; p < parts; ++p) m = std::max(m, max[p * heads + h]);
         float denom = 0;
-        float* oh = out + h * out_ld;
-        std::fill(oh, oh + rank, 0.0f);
+        std::fill(merged.begin(), merged.end(), 0.0f);
         for (int p = 0; p < parts; ++p) {
             if (sum[p * heads + h] == 0) continue;  // an empty split
             const float f = std::exp(max[p * heads + h] - m);
             denom += f * sum[p * heads + h];
             const float* op = o + (p * heads + h) * ld;
-            for (std::int64_t c = 0; c < rank; ++c) oh[c] += f * op[col(c)];
+            for (std::int64_t j = 0; j < ld; ++j) merged[static_cast<std::size_t>(j)] += f * op[j];
         }
-        for (std::int64_t c = 0; c < rank; ++c) oh[c] /= denom;
+        for (float& v : merged) v /= denom;
+        unpermute_row(merged.data(), rank, out + h * out_ld);
     }
 }
 
-#if DSV2_X86_KERNELS
 // Below this many keys per thread the AVX-512 path does not split: 512 keys
 // of 16 heads take about as long as waking a sleeping thread (~80 µs).
 inline constexpr std::int64_t kMinKeysPerFastSplit = 512;
@@ -112,17 +113,20 @@ inline void mla_decode_bf16_seq(Context<cpu>& ctx, const float* q, std::int64_t 
     const std::int64_t wp = (w + 31) / 32 * 32, rp = (rank + 31) / 32 * 32;
     const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerFastSplit, 1, ctx.threads));
     const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
-    std::vector<float> qp(static_cast<std::size_t>(heads * wp));
-    permute_query(q, ldq, heads, w, scale, qp.data());
-    std::vector<float> o(static_cast<std::size_t>(parts * heads * rp)), max(static_cast<std::size_t>(parts * heads)),
-        sum(max.size());
+    // Scratch of the calling thread, kept across calls: 64-byte aligned (the
+    // score kernel loads whole lines of the query) and no page faults per step.
+    float* qp = f32_scratch<kScratchQuery>(heads * wp);
+    permute_query(q, ldq, heads, w, scale, qp);
+    float* o = f32_scratch<kScratchSplits>(parts * heads * (rp + 2));
+    float* max = o + parts * heads * rp;
+    float* sum = max + parts * heads;
 #pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
     for (int p = 0; p < parts; ++p) {
         const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
-        decode_split_bf16(qp.data(), heads, w, rank, pages, page, table, s0, s1, o.data() + p * heads * rp,
-                          max.data() + p * heads, sum.data() + p * heads);
+        decode_split_bf16(qp, heads, w, rank, pages, page, table, s0, s1, o + p * heads * rp, max + p * heads,
+                          sum + p * heads);
     }
-    merge_splits(heads, rank, parts, o.data(), rp, max.data(), sum.data(), lane_of, out, out_ld);
+    merge_splits(heads, rank, parts, o, rp, max, sum, out, out_ld);
 }
 #endif
 

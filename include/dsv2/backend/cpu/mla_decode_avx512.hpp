@@ -9,13 +9,13 @@
 // the order (0, 2, ..., 30 | 1, 3, ..., 31) of each 32-lane block, so
 //   - the query is stored once per call in that order (and pre-scaled), and
 //     a score is a plain dot product of permuted query and permuted key;
-//   - the output accumulates in that order and the final merge reads it back
-//     through `lane_of`.
+//   - the output accumulates in that order, and the final merge puts it back
+//     (unpermute_row).
 // The result differs from the f32 reference only in f32 summation order.
 //
-// Kernels (16 zmm accumulators each, everything else streaming from L1):
-//   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys, the
-//                       keys widened once per 4 into an L1 buffer (widen_keys);
+// A tile of rows is widened once (widen_rows) into a per-thread f32 buffer
+// in L2, which both products then read. Kernels (16 zmm accumulators each):
+//   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys;
 //   value_tile<MH>      O[h, c0:c0+32] = corr[h] O + Σ_j P[h, j] V[j, c0:c0+32]
 //                       for MH ≤ 8 heads;
 //   exp16               e^x for x ≤ 0, degree-7 polynomial after reducing by
@@ -25,6 +25,7 @@
 #pragma once
 
 #include "dsv2/backend/cpu/gemv.hpp"
+#include "dsv2/backend/cpu/scratch.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -34,12 +35,11 @@
 
 namespace dsv2::cpu_detail {
 
-// Rows per tile of the fast path: 128 rows of keys are 144 KiB of bf16 (L2),
-// their 32-lane value slices 8 KiB (L1), and the probabilities of 16 heads 8 KiB.
+// Rows per tile of the fast path: 128 rows of V2's 576 lanes are 288 KiB
+// widened (L2), and the probabilities of 16 heads 8 KiB. (Widening each row
+// once, instead of once for the scores and again per 8-head group of the
+// values, made a 4K-context decode 15-25% faster: docs/benchmarks.md.)
 inline constexpr std::int64_t kFastTile = 128;
-
-// Where column c of a row sits in the permuted (even | odd per 32 lanes) order.
-inline std::int64_t lane_of(std::int64_t c) { return c / 32 * 32 + (c % 2) * 16 + c % 32 / 2; }
 
 #if DSV2_X86_KERNELS
 
@@ -93,15 +93,15 @@ DSV2_AVX512 inline void sum4(__m512 a, __m512 b, __m512 c, __m512 d, float* out)
     _mm512_storeu_ps(out, _mm512_add_ps(h, _mm512_maskz_shuffle_f32x4(0xffff, h, h, 0xb1)));
 }
 
-// Keys rows[0, nk) widened into kb (nk rows of wp = round_up(w, 32) f32, permuted).
-DSV2_AVX512 inline void widen_keys(const bf16* const* rows, std::int64_t nk, std::int64_t w, float* kb) {
+// Rows rows[0, n) widened into tile (n rows of wp = round_up(w, 32) f32, permuted).
+DSV2_AVX512 inline void widen_rows(const bf16* const* rows, std::int64_t n, std::int64_t w, float* tile) {
     const std::int64_t wp = (w + 31) / 32 * 32;
-    for (std::int64_t k = 0; k < nk; ++k) {
+    for (std::int64_t k = 0; k < n; ++k) {
         for (std::int64_t c = 0; c < wp; c += 32) {
             __m512 e, o;
             widen_even_odd(rows[k] + c, mask32(c, w), e, o);
-            _mm512_storeu_ps(kb + k * wp + c, e);
-            _mm512_storeu_ps(kb + k * wp + c + 16, o);
+            _mm512_storeu_ps(tile + k * wp + c, e);
+            _mm512_storeu_ps(tile + k * wp + c + 16, o);
         }
     }
 }
@@ -131,12 +131,12 @@ DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, s
     }
 }
 
-// o[h * ldo : +32] = corr[h] · o + Σ_j p[h * ldp + j] · rows[j][c0 : c0 + 32]
-// for MH heads; o in the permuted order, lanes at or past `rank` read as 0.
+// o[h * ldo : +32] = corr[h] · o + Σ_j p[h * ldp + j] · tile[j, c0 : c0 + 32]
+// for MH heads, the tile widened and permuted (widen_rows); `even` and `odd`
+// mask the lanes of columns below `rank` (the rope lanes past it read as 0).
 template <int MH>
-DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, const bf16* const* rows,
-                            std::int64_t c0, std::int64_t rank, const float* corr, float* o, std::int64_t ldo) {
-    const __mmask32 m = mask32(c0, rank);
+DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, const float* tile, std::int64_t wp,
+                            __mmask16 even, __mmask16 odd, const float* corr, float* o, std::int64_t ldo) {
     __m512 acc[MH][2];
     for (int h = 0; h < MH; ++h) {
         const __m512 f = _mm512_set1_ps(corr[h]);
@@ -144,8 +144,7 @@ DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, co
         acc[h][1] = _mm512_mul_ps(f, _mm512_loadu_ps(o + h * ldo + 16));
     }
     for (std::int64_t j = 0; j < n; ++j) {
-        __m512 ve, vo;
-        widen_even_odd(rows[j] + c0, m, ve, vo);
+        const __m512 ve = _mm512_maskz_loadu_ps(even, tile + j * wp), vo = _mm512_maskz_loadu_ps(odd, tile + j * wp + 16);
         for (int h = 0; h < MH; ++h) {
             const __m512 pj = _mm512_set1_ps(p[h * ldp + j]);
             acc[h][0] = _mm512_fmadd_ps(pj, ve, acc[h][0]);
@@ -180,20 +179,21 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
     std::fill(o, o + heads * rp, 0.0f);
     std::fill(max, max + heads, -std::numeric_limits<float>::infinity());
     std::fill(sum, sum + heads, 0.0f);
-    std::vector<const bf16*> rows(static_cast<std::size_t>(kFastTile));
-    std::vector<float> scores(static_cast<std::size_t>(heads * kFastTile)), corr(static_cast<std::size_t>(heads));
-    std::vector<float> keys(static_cast<std::size_t>(4 * wp));
-    float* s = scores.data();
-    float* kb = keys.data();
+    thread_local std::vector<const bf16*> rows;
+    rows.resize(static_cast<std::size_t>(kFastTile));
+    float* tile = f32_scratch<kScratchLatentTile>(kFastTile * wp + heads * kFastTile + heads);
+    float* s = tile + kFastTile * wp;     // scores, then probabilities (heads, kFastTile)
+    float* corr = s + heads * kFastTile;  // (heads)
     for (std::int64_t j = s0; j < s1; j += kFastTile) {
         const std::int64_t n = std::min(kFastTile, s1 - j);
         for (std::int64_t i = 0; i < n; ++i)
             rows[static_cast<std::size_t>(i)] = pages + (table[(j + i) / page] * page + (j + i) % page) * w;
-        const bf16* const* r = rows.data();
-        // S = q' Kᵀ, four keys at a time, widened once into kb (L1) for all heads.
+        // Widened once, read by both products below (from L2).
+        widen_rows(rows.data(), n, w, tile);
+        // S = q' Kᵀ, four keys × four heads at a time.
         for (std::int64_t k = 0; k < n; k += 4) {
             const std::int64_t nk = std::min<std::int64_t>(4, n - k);
-            widen_keys(r + k, nk, w, kb);
+            const float* kb = tile + k * wp;
             switch (nk) {
                 case 4: score_heads<4>(q, wp, heads, kb, s + k, kFastTile); break;
                 case 3: score_heads<3>(q, wp, heads, kb, s + k, kFastTile); break;
@@ -210,7 +210,7 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
                 mv = _mm512_maskz_max_ps(0xffff, mv, _mm512_mask_loadu_ps(mv, mk, sh + i));
             }
             const float m_new = std::max(max[h], hmax(mv));
-            corr[static_cast<std::size_t>(h)] = std::exp(max[h] - m_new);  // 0 on the first tile
+            corr[h] = std::exp(max[h] - m_new);  // 0 on the first tile
             const __m512 mb = _mm512_set1_ps(m_new);
             __m512 acc = _mm512_setzero_ps();
             for (std::int64_t i = 0; i < n; i += 16) {
@@ -219,39 +219,76 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
                 _mm512_mask_storeu_ps(sh + i, mk, e);
                 acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(mk, e));
             }
-            sum[h] = sum[h] * corr[static_cast<std::size_t>(h)] + hsum(acc);
+            sum[h] = sum[h] * corr[h] + hsum(acc);
             max[h] = m_new;
         }
         // O = corr O + P V, 32 columns × 8 heads at a time.
         for (std::int64_t c = 0; c < rp; c += 32) {
+            // Lane i of the even half is column c + 2i, of the odd half c + 2i + 1.
+            const auto lanes_below = [&](std::int64_t first) {
+                const std::int64_t count = std::clamp<std::int64_t>((rank - first + 1) / 2, 0, 16);
+                return static_cast<__mmask16>(count == 16 ? 0xffffu : (1u << count) - 1u);
+            };
+            const __mmask16 even = lanes_below(c), odd = lanes_below(c + 1);
+            const float* tc = tile + c;
+            const float* cf = corr;
             std::int64_t h = 0;
-            const float* cf = corr.data();
-            for (; h + 8 <= heads; h += 8) value_tile<8>(s + h * kFastTile, kFastTile, n, r, c, rank, cf + h, o + h * rp + c, rp);
+            for (; h + 8 <= heads; h += 8)
+                value_tile<8>(s + h * kFastTile, kFastTile, n, tc, wp, even, odd, cf + h, o + h * rp + c, rp);
             const float* ph = s + h * kFastTile;
             float* oh = o + h * rp + c;
             switch (heads - h) {
-                case 7: value_tile<7>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
-                case 6: value_tile<6>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
-                case 5: value_tile<5>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
-                case 4: value_tile<4>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
-                case 3: value_tile<3>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
-                case 2: value_tile<2>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
-                case 1: value_tile<1>(ph, kFastTile, n, r, c, rank, cf + h, oh, rp); break;
+                case 7: value_tile<7>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 6: value_tile<6>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 5: value_tile<5>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 4: value_tile<4>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 3: value_tile<3>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 2: value_tile<2>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 1: value_tile<1>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
                 default: break;
             }
         }
     }
 }
 
+// The 32-lane permutation of a row and its inverse, a block at a time:
+// lanes (0, 2, ..., 30 | 1, 3, ..., 31) of each block of 32.
+DSV2_AVX512 inline void deinterleave32(__m512 lo, __m512 hi, __m512& even, __m512& odd) {
+    const __m512i e = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    even = _mm512_permutex2var_ps(lo, e, hi);
+    odd = _mm512_permutex2var_ps(lo, _mm512_add_epi32(e, _mm512_set1_epi32(1)), hi);
+}
+DSV2_AVX512 inline void interleave32(__m512 even, __m512 odd, __m512& lo, __m512& hi) {
+    lo = _mm512_permutex2var_ps(even, _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0), odd);
+    hi = _mm512_permutex2var_ps(even, _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8),
+                                odd);
+}
+
 // q (H rows of w lanes, row stride ldq) · scale into qp (H, round_up(w, 32)),
 // permuted, the padding zero.
-inline void permute_query(const float* q, std::int64_t ldq, std::int64_t heads, std::int64_t w, float scale,
-                          float* qp) {
+DSV2_AVX512 inline void permute_query(const float* q, std::int64_t ldq, std::int64_t heads, std::int64_t w,
+                                      float scale, float* qp) {
     const std::int64_t wp = (w + 31) / 32 * 32;
+    const __m512 f = _mm512_set1_ps(scale);
     for (std::int64_t h = 0; h < heads; ++h) {
-        float* dst = qp + h * wp;
-        std::fill(dst, dst + wp, 0.0f);
-        for (std::int64_t c = 0; c < w; ++c) dst[lane_of(c)] = q[h * ldq + c] * scale;
+        for (std::int64_t c = 0; c < wp; c += 32) {
+            const float* src = q + h * ldq + c;
+            __m512 even, odd;
+            deinterleave32(_mm512_maskz_loadu_ps(lanes_mask(w - c), src),
+                           _mm512_maskz_loadu_ps(lanes_mask(w - c - 16), src + 16), even, odd);
+            _mm512_storeu_ps(qp + h * wp + c, _mm512_mul_ps(even, f));
+            _mm512_storeu_ps(qp + h * wp + c + 16, _mm512_mul_ps(odd, f));
+        }
+    }
+}
+
+// out[0, rank) = the row `permuted` (round_up(rank, 32) lanes) in column order.
+DSV2_AVX512 inline void unpermute_row(const float* permuted, std::int64_t rank, float* out) {
+    for (std::int64_t c = 0; c < rank; c += 32) {
+        __m512 lo, hi;
+        interleave32(_mm512_loadu_ps(permuted + c), _mm512_loadu_ps(permuted + c + 16), lo, hi);
+        _mm512_mask_storeu_ps(out + c, lanes_mask(rank - c), lo);
+        _mm512_mask_storeu_ps(out + c + 16, lanes_mask(rank - c - 16), hi);
     }
 }
 

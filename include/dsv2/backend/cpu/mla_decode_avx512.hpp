@@ -14,7 +14,8 @@
 // The result differs from the f32 reference only in f32 summation order.
 //
 // A tile of rows is widened once (widen_rows) into a per-thread f32 buffer
-// in L2, which both products then read. Kernels (16 zmm accumulators each):
+// in L2, which both products then read; while they run, they prefetch the
+// next tile's rows (RowPrefetcher). Kernels (16 zmm accumulators each):
 //   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys;
 //   value_tile<MH>      O[h, c0:c0+32] = corr[h] O + Σ_j P[h, j] V[j, c0:c0+32]
 //                       for MH ≤ 8 heads;
@@ -31,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace dsv2::cpu_detail {
@@ -106,15 +108,41 @@ DSV2_AVX512 inline void widen_rows(const bf16* const* rows, std::int64_t n, std:
     }
 }
 
+// The next tile's rows, asked for into L2 a cache line at a time from inside
+// the product loops (one line per four of their steps), so that reading them
+// from memory overlaps this tile's arithmetic instead of stalling the next
+// widen_rows. (In bursts, or left to the hardware prefetchers, which stop at
+// every 4 KiB page, the reads did not overlap: docs/benchmarks.md.)
+struct RowPrefetcher {
+    const bf16* const* rows = nullptr;
+    std::int64_t n = 0, row = 0, line = 0, lines_per_row = 0;
+
+    void start(const bf16* const* next_rows, std::int64_t next_n, std::int64_t w) {
+        rows = next_rows;
+        n = next_n;
+        row = line = 0;
+        lines_per_row = (w * 2 + 63) / 64 + 1;  // rows need not start on a line
+    }
+    void step() {
+        if (row == n) return;
+        _mm_prefetch(reinterpret_cast<const char*>(rows[row]) + line * 64, _MM_HINT_T1);
+        if (++line == lines_per_row) {
+            line = 0;
+            ++row;
+        }
+    }
+};
+
 // s[h * lds + k] = q[h * ldq : +wp] · kb[k * wp : +wp] for MH heads × NK keys,
 // both permuted and zero-padded to wp lanes.
 template <int MH, int NK>
 DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, std::int64_t wp, float* s,
-                            std::int64_t lds) {
+                            std::int64_t lds, RowPrefetcher& pf) {
     __m512 acc[MH][NK];
     for (auto& a : acc)
         for (auto& e : a) e = _mm512_setzero_ps();
     for (std::int64_t c = 0; c < wp; c += 16) {
+        if (c % 64 == 0) pf.step();
         __m512 kv[NK];
         for (int k = 0; k < NK; ++k) kv[k] = _mm512_loadu_ps(kb + k * wp + c);
         for (int h = 0; h < MH; ++h) {
@@ -136,7 +164,8 @@ DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, s
 // mask the lanes of columns below `rank` (the rope lanes past it read as 0).
 template <int MH>
 DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, const float* tile, std::int64_t wp,
-                            __mmask16 even, __mmask16 odd, const float* corr, float* o, std::int64_t ldo) {
+                            __mmask16 even, __mmask16 odd, const float* corr, float* o, std::int64_t ldo,
+                            RowPrefetcher& pf) {
     __m512 acc[MH][2];
     for (int h = 0; h < MH; ++h) {
         const __m512 f = _mm512_set1_ps(corr[h]);
@@ -144,6 +173,7 @@ DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, co
         acc[h][1] = _mm512_mul_ps(f, _mm512_loadu_ps(o + h * ldo + 16));
     }
     for (std::int64_t j = 0; j < n; ++j) {
+        if (j % 4 == 0) pf.step();
         const __m512 ve = _mm512_maskz_loadu_ps(even, tile + j * wp), vo = _mm512_maskz_loadu_ps(odd, tile + j * wp + 16);
         for (int h = 0; h < MH; ++h) {
             const __m512 pj = _mm512_set1_ps(p[h * ldp + j]);
@@ -159,13 +189,13 @@ DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, co
 
 template <int NK>
 DSV2_AVX512 void score_heads(const float* q, std::int64_t ldq, std::int64_t heads, const float* kb, float* s,
-                             std::int64_t lds) {
+                             std::int64_t lds, RowPrefetcher& pf) {
     std::int64_t h = 0;
-    for (; h + 4 <= heads; h += 4) score_tile<4, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds);
+    for (; h + 4 <= heads; h += 4) score_tile<4, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds, pf);
     switch (heads - h) {
-        case 3: score_tile<3, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
-        case 2: score_tile<2, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
-        case 1: score_tile<1, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds); break;
+        case 3: score_tile<3, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds, pf); break;
+        case 2: score_tile<2, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds, pf); break;
+        case 1: score_tile<1, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds, pf); break;
         default: break;
     }
 }
@@ -179,26 +209,36 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
     std::fill(o, o + heads * rp, 0.0f);
     std::fill(max, max + heads, -std::numeric_limits<float>::infinity());
     std::fill(sum, sum + heads, 0.0f);
-    thread_local std::vector<const bf16*> rows;
-    rows.resize(static_cast<std::size_t>(kFastTile));
+    thread_local std::vector<const bf16*> rows;  // this tile's and the next one's
+    rows.resize(static_cast<std::size_t>(2 * kFastTile));
+    const bf16** here = rows.data();
+    const bf16** next = rows.data() + kFastTile;
+    const auto row_pointers = [&](std::int64_t j, const bf16** out) {
+        const std::int64_t n = std::clamp<std::int64_t>(s1 - j, 0, kFastTile);
+        for (std::int64_t i = 0; i < n; ++i) out[i] = pages + (table[(j + i) / page] * page + (j + i) % page) * w;
+        return n;
+    };
+    RowPrefetcher pf;
+    std::int64_t n_next = row_pointers(s0, next);
     float* tile = f32_scratch<kScratchLatentTile>(kFastTile * wp + heads * kFastTile + heads);
     float* s = tile + kFastTile * wp;     // scores, then probabilities (heads, kFastTile)
     float* corr = s + heads * kFastTile;  // (heads)
     for (std::int64_t j = s0; j < s1; j += kFastTile) {
-        const std::int64_t n = std::min(kFastTile, s1 - j);
-        for (std::int64_t i = 0; i < n; ++i)
-            rows[static_cast<std::size_t>(i)] = pages + (table[(j + i) / page] * page + (j + i) % page) * w;
+        std::swap(here, next);
+        const std::int64_t n = n_next;
+        n_next = row_pointers(j + kFastTile, next);
+        pf.start(next, n_next, w);
         // Widened once, read by both products below (from L2).
-        widen_rows(rows.data(), n, w, tile);
+        widen_rows(here, n, w, tile);
         // S = q' Kᵀ, four keys × four heads at a time.
         for (std::int64_t k = 0; k < n; k += 4) {
             const std::int64_t nk = std::min<std::int64_t>(4, n - k);
             const float* kb = tile + k * wp;
             switch (nk) {
-                case 4: score_heads<4>(q, wp, heads, kb, s + k, kFastTile); break;
-                case 3: score_heads<3>(q, wp, heads, kb, s + k, kFastTile); break;
-                case 2: score_heads<2>(q, wp, heads, kb, s + k, kFastTile); break;
-                default: score_heads<1>(q, wp, heads, kb, s + k, kFastTile); break;
+                case 4: score_heads<4>(q, wp, heads, kb, s + k, kFastTile, pf); break;
+                case 3: score_heads<3>(q, wp, heads, kb, s + k, kFastTile, pf); break;
+                case 2: score_heads<2>(q, wp, heads, kb, s + k, kFastTile, pf); break;
+                default: score_heads<1>(q, wp, heads, kb, s + k, kFastTile, pf); break;
             }
         }
         // Online softmax: P = e^(S - m_new) in place, corr = e^(m_old - m_new).
@@ -234,17 +274,17 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
             const float* cf = corr;
             std::int64_t h = 0;
             for (; h + 8 <= heads; h += 8)
-                value_tile<8>(s + h * kFastTile, kFastTile, n, tc, wp, even, odd, cf + h, o + h * rp + c, rp);
+                value_tile<8>(s + h * kFastTile, kFastTile, n, tc, wp, even, odd, cf + h, o + h * rp + c, rp, pf);
             const float* ph = s + h * kFastTile;
             float* oh = o + h * rp + c;
             switch (heads - h) {
-                case 7: value_tile<7>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
-                case 6: value_tile<6>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
-                case 5: value_tile<5>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
-                case 4: value_tile<4>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
-                case 3: value_tile<3>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
-                case 2: value_tile<2>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
-                case 1: value_tile<1>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp); break;
+                case 7: value_tile<7>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
+                case 6: value_tile<6>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
+                case 5: value_tile<5>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
+                case 4: value_tile<4>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
+                case 3: value_tile<3>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
+                case 2: value_tile<2>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
+                case 1: value_tile<1>(ph, kFastTile, n, tc, wp, even, odd, cf + h, oh, rp, pf); break;
                 default: break;
             }
         }

@@ -115,17 +115,20 @@ DSV2_AVX512 inline void widen_rows(const bf16* const* rows, std::int64_t n, std:
 // every 4 KiB page, the reads did not overlap: docs/benchmarks.md.)
 struct RowPrefetcher {
     const bf16* const* rows = nullptr;
-    std::int64_t n = 0, row = 0, line = 0, lines_per_row = 0;
+    std::int64_t n = 0, row = 0, line = 0, lines_per_row = 0, row_bytes = 0;
 
     void start(const bf16* const* next_rows, std::int64_t next_n, std::int64_t w) {
         rows = next_rows;
         n = next_n;
         row = line = 0;
-        lines_per_row = (w * 2 + 63) / 64 + 1;  // rows need not start on a line
+        row_bytes = w * 2;
+        lines_per_row = (row_bytes + 63) / 64 + 1;  // rows need not start on a line
     }
     void step() {
         if (row == n) return;
-        _mm_prefetch(reinterpret_cast<const char*>(rows[row]) + line * 64, _MM_HINT_T1);
+        // The last step names the row's last byte: addresses stay inside the row.
+        const char* p = reinterpret_cast<const char*>(rows[row]) + std::min(line * 64, row_bytes - 1);
+        _mm_prefetch(p, _MM_HINT_T1);
         if (++line == lines_per_row) {
             line = 0;
             ++row;

@@ -40,7 +40,8 @@ namespace dsv2::cpu_detail {
 // Rows per tile of the fast path: 128 rows of V2's 576 lanes are 288 KiB
 // widened (L2), and the probabilities of 16 heads 8 KiB. (Widening each row
 // once, instead of once for the scores and again per 8-head group of the
-// values, made a 4K-context decode 15-25% faster: docs/benchmarks.md.)
+// values, made attention over a 4K context with cold caches 15-25% faster:
+// docs/benchmarks.md.)
 inline constexpr std::int64_t kFastTile = 128;
 
 #if DSV2_X86_KERNELS

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -354,6 +355,50 @@ TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered r
         }
     }
 }
+
+#if DSV2_X86_KERNELS
+// The prefetch of the next tile's rows (mla_decode_avx512.hpp) names every
+// cache line of every row, rows at any alignment, and no byte outside them.
+TEST_CASE("the MLA decode row prefetcher covers each row's lines and stays inside the rows", "[kernels]") {
+    std::vector<dsv2::bf16> buffer(4096);
+    for (std::int64_t w : {1, 9, 32, 33, 576}) {
+        for (std::int64_t offset : {0, 1, 7, 31}) {  // in bf16 elements: rows on and off line boundaries
+            INFO("width " << w << ", offset " << offset);
+            const std::int64_t n = 3;
+            std::vector<const dsv2::bf16*> rows;
+            for (std::int64_t i = 0; i < n; ++i) rows.push_back(buffer.data() + offset + i * (w + 5));
+            dsv2::cpu_detail::RowPrefetcher pf;
+            pf.start(rows.data(), n, w);
+            std::vector<std::vector<std::uintptr_t>> lines(static_cast<std::size_t>(n));
+            int steps = 0;
+            for (; pf.address() != nullptr && steps < 10000; ++steps) {
+                const auto a = reinterpret_cast<std::uintptr_t>(pf.address());
+                bool inside = false;
+                for (std::int64_t i = 0; i < n; ++i) {
+                    const auto r0 = reinterpret_cast<std::uintptr_t>(rows[static_cast<std::size_t>(i)]);
+                    if (a >= r0 && a < r0 + static_cast<std::uintptr_t>(w * 2)) {
+                        inside = true;
+                        lines[static_cast<std::size_t>(i)].push_back(a / 64);
+                    }
+                }
+                REQUIRE(inside);
+                pf.step();
+            }
+            REQUIRE(pf.address() == nullptr);
+            for (std::int64_t i = 0; i < n; ++i) {
+                const auto r0 = reinterpret_cast<std::uintptr_t>(rows[static_cast<std::size_t>(i)]);
+                auto got = lines[static_cast<std::size_t>(i)];
+                std::sort(got.begin(), got.end());
+                got.erase(std::unique(got.begin(), got.end()), got.end());
+                std::vector<std::uintptr_t> want;
+                for (std::uintptr_t l = r0 / 64; l <= (r0 + static_cast<std::uintptr_t>(w * 2) - 1) / 64; ++l)
+                    want.push_back(l);
+                REQUIRE(got == want);
+            }
+        }
+    }
+}
+#endif
 
 TEST_CASE("paged MLA decode rejects a block table entry outside the cache", "[kernels]") {
     std::vector<float> pv(2 * 4 * 6, 0.5f), qv(6, 1.0f);

@@ -125,10 +125,15 @@ struct RowPrefetcher {
         row_bytes = w * 2;
         lines_per_row = (row_bytes + 63) / 64 + 1;  // rows need not start on a line
     }
+    // The address the next step asks for, null once every row is asked for.
+    // The last step of a row names its last byte: addresses stay inside the row.
+    const char* address() const {
+        if (row == n) return nullptr;
+        return reinterpret_cast<const char*>(rows[row]) + std::min(line * 64, row_bytes - 1);
+    }
     void step() {
-        if (row == n) return;
-        // The last step names the row's last byte: addresses stay inside the row.
-        const char* p = reinterpret_cast<const char*>(rows[row]) + std::min(line * 64, row_bytes - 1);
+        const char* p = address();
+        if (!p) return;
         _mm_prefetch(p, _MM_HINT_T1);
         if (++line == lines_per_row) {
             line = 0;

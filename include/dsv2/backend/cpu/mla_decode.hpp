@@ -82,23 +82,23 @@ void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* 
 #if DSV2_X86_KERNELS
 // Merges the splits' softmax states into out (H, C); a split's output rows
 // hold `ld` floats in the permuted lane order of mla_decode_avx512.hpp.
+// `merged` holds ld floats of scratch (one head at a time).
 inline void merge_splits(std::int64_t heads, std::int64_t rank, int parts, const float* o, std::int64_t ld,
-                         const float* max, const float* sum, float* out, std::int64_t out_ld) {
-    std::vector<float> merged(static_cast<std::size_t>(ld));  // one head
+                         const float* max, const float* sum, float* merged, float* out, std::int64_t out_ld) {
     for (std::int64_t h = 0; h < heads; ++h) {
         float m = -std::numeric_limits<float>::infinity();
         for (int p = 0; p < parts; ++p) m = std::max(m, max[p * heads + h]);
         float denom = 0;
-        std::fill(merged.begin(), merged.end(), 0.0f);
+        std::fill(merged, merged + ld, 0.0f);
         for (int p = 0; p < parts; ++p) {
             if (sum[p * heads + h] == 0) continue;  // an empty split
             const float f = std::exp(max[p * heads + h] - m);
             denom += f * sum[p * heads + h];
             const float* op = o + (p * heads + h) * ld;
-            for (std::int64_t j = 0; j < ld; ++j) merged[static_cast<std::size_t>(j)] += f * op[j];
+            for (std::int64_t j = 0; j < ld; ++j) merged[j] += f * op[j];
         }
-        for (float& v : merged) v /= denom;
-        unpermute_row(merged.data(), rank, out + h * out_ld);
+        for (std::int64_t j = 0; j < ld; ++j) merged[j] /= denom;
+        unpermute_row(merged, rank, out + h * out_ld);
     }
 }
 
@@ -118,16 +118,17 @@ inline void mla_decode_bf16_seq(Context<cpu>& ctx, const float* q, std::int64_t 
     // score kernel loads whole lines of the query) and no page faults per step.
     float* qp = f32_scratch<kScratchQuery>(heads * wp);
     permute_query(q, ldq, heads, w, scale, qp);
-    float* o = f32_scratch<kScratchSplits>(parts * heads * (rp + 2));
+    float* o = f32_scratch<kScratchSplits>(parts * heads * (rp + 2) + rp);
     float* max = o + parts * heads * rp;
     float* sum = max + parts * heads;
+    float* merged = sum + parts * heads;  // (rp), merge_splits' row
 #pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
     for (int p = 0; p < parts; ++p) {
         const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
         decode_split_bf16(qp, heads, w, rank, pages, page, table, s0, s1, o + p * heads * rp, max + p * heads,
                           sum + p * heads);
     }
-    merge_splits(heads, rank, parts, o, rp, max, sum, out, out_ld);
+    merge_splits(heads, rank, parts, o, rp, max, sum, merged, out, out_ld);
 }
 #endif
 

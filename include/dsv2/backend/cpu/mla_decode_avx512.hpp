@@ -273,12 +273,9 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
         }
         // O = corr O + P V, 32 columns × 8 heads at a time.
         for (std::int64_t c = 0; c < rp; c += 32) {
-            // Lane i of the even half is column c + 2i, of the odd half c + 2i + 1.
-            const auto lanes_below = [&](std::int64_t first) {
-                const std::int64_t count = std::clamp<std::int64_t>((rank - first + 1) / 2, 0, 16);
-                return static_cast<__mmask16>(count == 16 ? 0xffffu : (1u << count) - 1u);
-            };
-            const __mmask16 even = lanes_below(c), odd = lanes_below(c + 1);
+            // Lane i of the even half is column c + 2i, of the odd half c + 2i + 1:
+            // the lanes below `rank` are the first ceil((rank - first) / 2).
+            const __mmask16 even = lanes_mask((rank - c + 1) / 2), odd = lanes_mask((rank - c) / 2);
             const float* tc = tile + c;
             const float* cf = corr;
             std::int64_t h = 0;

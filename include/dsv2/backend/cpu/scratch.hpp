@@ -16,7 +16,7 @@ enum ScratchSlot : int {
     kScratchWeightTile = 1,  // gemm_panels.hpp: a widened weight tile
     kScratchLatentTile = 2,  // mla_decode_avx512.hpp: a split's widened tile and scores
     kScratchQuery = 3,       // mla_decode.hpp: the permuted query, read by every split
-    kScratchSplits = 4,      // mla_decode.hpp: the splits' outputs, maxima and sums
+    kScratchSplits = 4,      // mla_decode.hpp: the splits' outputs, maxima and sums, and their merge
 };
 
 template <int Slot>

@@ -74,6 +74,50 @@ BENCHMARK(BM_mla<float>)->Apply(shapes);
 BENCHMARK(BM_mla<bf16>)->Apply(shapes);
 BENCHMARK(BM_mla<q8>)->Apply(shapes);
 
+// The decode kernel alone, V2-Lite's 16 heads over the latent cache: a bf16
+// cache (mla_decode, f32 FMAs) against an int8 cache (mla_decode_q8, VNNI on
+// AVX-512 VNNI CPUs). Bytes are the cache rows read; flop_roofline is the
+// FLOP rate over the f32 FMA peak measured in the same run (the int8 kernel
+// can pass 1: its products are not FMAs).
+void BM_mla_decode_kernel(benchmark::State& state) {
+    const bool int8 = state.range(0) != 0, cold = state.range(2) != 0;
+    const std::int64_t context = state.range(1), heads = 16, rank = 512, w = 576, page = 64;
+    const std::int64_t blocks = (context + page - 1) / page;
+    Ctx ctx;
+    const auto f = LatentQ8Format::make(rank, w - rank);
+    Tensor<float, cpu, 2> rows({blocks * page, w});
+    bench::fill(rows);
+    Tensor<bf16, cpu, 3> pages_bf16({int8 ? 0 : blocks, page, w});
+    Tensor<std::uint8_t, cpu, 3> pages_q8({int8 ? blocks : 0, page, f.row_bytes()});
+    for (std::int64_t r = 0; r < blocks * page; ++r) {
+        if (int8) quantize_latent_row(f, rows.data() + r * w, pages_q8.data() + r * f.row_bytes());
+        else
+            for (std::int64_t c = 0; c < w; ++c) pages_bf16.data()[r * w + c] = bf16(rows.data()[r * w + c]);
+    }
+    std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
+    std::iota(table.begin(), table.end(), 0);
+    Tensor<float, cpu, 3> q({1, heads, w}), out({1, heads, rank});
+    bench::fill(q);
+    const View<const std::int32_t, cpu, 2> tables(table.data(), {1, blocks});
+    const double bytes = static_cast<double>(context) * static_cast<double>(int8 ? f.row_bytes() : 2 * w);
+    const double flops = 2.0 * static_cast<double>(heads * context * (w + rank));
+    const double seconds = bench::run_timed(state, bytes, flops, [&] {
+        if (int8) mla_decode_q8(ctx, q.cview(), pages_q8.cview(), tables, {context}, 0.07, out.view());
+        else mla_decode(ctx, q.cview(), pages_bf16.cview(), tables, {context}, 0.07, out.view());
+        benchmark::DoNotOptimize(out.data());
+    }, cold);
+#if defined(__x86_64__) && defined(__GNUC__)
+    const double peak = bench::peak_flops(false);
+    if (seconds > 0) state.counters["flop_roofline"] = flops * static_cast<double>(state.iterations()) / seconds / peak;
+    state.counters["peak_GFLOPs"] = peak / 1e9;
+#endif
+}
+// {cache (0 bf16, 1 int8), context, cold}
+BENCHMARK(BM_mla_decode_kernel)
+    ->ArgsProduct({{0, 1}, {128, 1024, 4096, 32768}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -367,7 +367,7 @@ TEST_CASE("the MLA decode row prefetcher covers each row's lines and stays insid
             const std::int64_t n = 3;
             std::vector<const dsv2::bf16*> rows;
             for (std::int64_t i = 0; i < n; ++i) rows.push_back(buffer.data() + offset + i * (w + 5));
-            dsv2::cpu_detail::RowPrefetcher pf;
+            dsv2::cpu_detail::RowPrefetcher<dsv2::bf16> pf;
             pf.start(rows.data(), n, w);
             std::vector<std::vector<std::uintptr_t>> lines(static_cast<std::size_t>(n));
             int steps = 0;

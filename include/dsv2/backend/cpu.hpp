@@ -7,5 +7,6 @@
 #include "dsv2/backend/cpu/linear.hpp"
 #include "dsv2/backend/cpu/linear_q8.hpp"
 #include "dsv2/backend/cpu/mla_decode.hpp"
+#include "dsv2/backend/cpu/mla_decode_q8.hpp"
 #include "dsv2/backend/cpu/moe.hpp"
 #include "dsv2/backend/cpu/rotary.hpp"

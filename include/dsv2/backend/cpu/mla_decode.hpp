@@ -45,11 +45,12 @@ struct DecodePartial {
     std::vector<float> max, sum;  // (H)
 };
 
-// Keys [s0, s1) of one sequence into `part`.
-template <class T>
-void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* pages, std::int64_t page,
-                  const std::int32_t* table, std::int64_t w, std::int64_t rank, std::int64_t s0, std::int64_t s1,
-                  float scale, DecodePartial& part) {
+// Keys [s0, s1) of one sequence into `part`; load_rows(j, keys) widens the
+// rows from position j on into keys (at most kDecodeTile, not past s1 or the
+// end of j's page) and returns how many it wrote.
+template <class LoadRows>
+void decode_split_rows(const float* q, std::int64_t qs, std::int64_t heads, std::int64_t w, std::int64_t rank,
+                       std::int64_t s0, std::int64_t s1, float scale, DecodePartial& part, LoadRows&& load_rows) {
     using CMap = Eigen::Map<const RowMat<float>, Eigen::Unaligned, Eigen::OuterStride<>>;
     const CMap qm(q, heads, w, Eigen::OuterStride<>(qs));
     part.o = RowMat<float>::Zero(heads, rank);
@@ -57,10 +58,7 @@ void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* 
     part.sum.assign(static_cast<std::size_t>(heads), 0.0f);
     RowMat<float> keys(kDecodeTile, w), scores(heads, kDecodeTile);
     for (std::int64_t j = s0; j < s1;) {
-        // A tile never crosses a page: its rows are contiguous in memory.
-        const std::int64_t in_page = j % page, len = std::min({kDecodeTile, s1 - j, page - in_page});
-        const T* src = pages + (static_cast<std::int64_t>(table[j / page]) * page + in_page) * w;
-        widen_f32(src, keys.data(), len * w);
+        const std::int64_t len = load_rows(j, keys.data());
         const auto k = keys.topRows(len);
         auto s = scores.leftCols(len);
         s.noalias() = (qm * k.transpose()) * scale;
@@ -76,6 +74,38 @@ void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* 
         }
         part.o.noalias() += s * k.leftCols(rank);
         j += len;
+    }
+}
+
+// The rows of a cache of T, widened in place.
+template <class T>
+void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* pages, std::int64_t page,
+                  const std::int32_t* table, std::int64_t w, std::int64_t rank, std::int64_t s0, std::int64_t s1,
+                  float scale, DecodePartial& part) {
+    decode_split_rows(q, qs, heads, w, rank, s0, s1, scale, part, [&](std::int64_t j, float* keys) {
+        // A tile never crosses a page: its rows are contiguous in memory.
+        const std::int64_t in_page = j % page, len = std::min({kDecodeTile, s1 - j, page - in_page});
+        widen_f32(pages + (static_cast<std::int64_t>(table[j / page]) * page + in_page) * w, keys, len * w);
+        return len;
+    });
+}
+
+// Merges the splits' softmax states into out (H, C), one head at a time.
+inline void merge_partials(const std::vector<DecodePartial>& partial, std::int64_t heads, std::int64_t rank,
+                           float* out, std::int64_t out_ld) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (const auto& part : partial) m = std::max(m, part.max[static_cast<std::size_t>(h)]);
+        float denom = 0;
+        float* o = out + h * out_ld;
+        std::fill(o, o + rank, 0.0f);
+        for (const auto& part : partial) {
+            if (part.sum[static_cast<std::size_t>(h)] == 0) continue;  // an empty split
+            const float f = std::exp(part.max[static_cast<std::size_t>(h)] - m);
+            denom += f * part.sum[static_cast<std::size_t>(h)];
+            for (std::int64_t c = 0; c < rank; ++c) o[c] += f * part.o(h, c);
+        }
+        for (std::int64_t c = 0; c < rank; ++c) o[c] /= denom;
     }
 }
 
@@ -178,20 +208,7 @@ void mla_decode(Context<cpu>& ctx,
             decode_split(qb, q.stride[1], heads, pages.data, page, table, w, rank, s0, s1, static_cast<float>(scale),
                          partial[static_cast<std::size_t>(p)]);
         }
-        for (std::int64_t h = 0; h < heads; ++h) {
-            float m = -std::numeric_limits<float>::infinity();
-            for (const auto& part : partial) m = std::max(m, part.max[static_cast<std::size_t>(h)]);
-            float denom = 0;
-            float* o = out.data + b * out.stride[0] + h * out.stride[1];
-            std::fill(o, o + rank, 0.0f);
-            for (const auto& part : partial) {
-                if (part.sum[static_cast<std::size_t>(h)] == 0) continue;  // an empty split
-                const float f = std::exp(part.max[static_cast<std::size_t>(h)] - m);
-                denom += f * part.sum[static_cast<std::size_t>(h)];
-                for (std::int64_t c = 0; c < rank; ++c) o[c] += f * part.o(h, c);
-            }
-            for (std::int64_t c = 0; c < rank; ++c) o[c] /= denom;
-        }
+        merge_partials(partial, heads, rank, out.data + b * out.stride[0], out.stride[1]);
     }
 }
 

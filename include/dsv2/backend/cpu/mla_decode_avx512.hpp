@@ -114,15 +114,16 @@ DSV2_AVX512 inline void widen_rows(const bf16* const* rows, std::int64_t n, std:
 // from memory overlaps this tile's arithmetic instead of stalling the next
 // widen_rows. (In bursts, or left to the hardware prefetchers, which stop at
 // every 4 KiB page, the reads did not overlap: docs/benchmarks.md.)
+template <class Row>
 struct RowPrefetcher {
-    const bf16* const* rows = nullptr;
+    const Row* const* rows = nullptr;
     std::int64_t n = 0, row = 0, line = 0, lines_per_row = 0, row_bytes = 0;
 
-    void start(const bf16* const* next_rows, std::int64_t next_n, std::int64_t w) {
+    void start(const Row* const* next_rows, std::int64_t next_n, std::int64_t w) {  // rows of w elements
         rows = next_rows;
         n = next_n;
         row = line = 0;
-        row_bytes = w * 2;
+        row_bytes = w * static_cast<std::int64_t>(sizeof(Row));
         lines_per_row = (row_bytes + 63) / 64 + 1;  // rows need not start on a line
     }
     // The address the next step asks for, null once every row is asked for.
@@ -146,7 +147,7 @@ struct RowPrefetcher {
 // both permuted and zero-padded to wp lanes.
 template <int MH, int NK>
 DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, std::int64_t wp, float* s,
-                            std::int64_t lds, RowPrefetcher& pf) {
+                            std::int64_t lds, RowPrefetcher<bf16>& pf) {
     __m512 acc[MH][NK];
     for (auto& a : acc)
         for (auto& e : a) e = _mm512_setzero_ps();
@@ -174,7 +175,7 @@ DSV2_AVX512 void score_tile(const float* q, std::int64_t ldq, const float* kb, s
 template <int MH>
 DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, const float* tile, std::int64_t wp,
                             __mmask16 even, __mmask16 odd, const float* corr, float* o, std::int64_t ldo,
-                            RowPrefetcher& pf) {
+                            RowPrefetcher<bf16>& pf) {
     __m512 acc[MH][2];
     for (int h = 0; h < MH; ++h) {
         const __m512 f = _mm512_set1_ps(corr[h]);
@@ -198,7 +199,7 @@ DSV2_AVX512 void value_tile(const float* p, std::int64_t ldp, std::int64_t n, co
 
 template <int NK>
 DSV2_AVX512 void score_heads(const float* q, std::int64_t ldq, std::int64_t heads, const float* kb, float* s,
-                             std::int64_t lds, RowPrefetcher& pf) {
+                             std::int64_t lds, RowPrefetcher<bf16>& pf) {
     std::int64_t h = 0;
     for (; h + 4 <= heads; h += 4) score_tile<4, NK>(q + h * ldq, ldq, kb, ldq, s + h * lds, lds, pf);
     switch (heads - h) {
@@ -227,7 +228,7 @@ DSV2_AVX512 inline void decode_split_bf16(const float* q, std::int64_t heads, st
         for (std::int64_t i = 0; i < n; ++i) out[i] = pages + (table[(j + i) / page] * page + (j + i) % page) * w;
         return n;
     };
-    RowPrefetcher pf;
+    RowPrefetcher<bf16> pf;
     std::int64_t n_next = row_pointers(s0, next);
     float* tile = f32_scratch<kScratchLatentTile>(kFastTile * wp + heads * kFastTile + heads);
     float* s = tile + kFastTile * wp;     // scores, then probabilities (heads, kFastTile)

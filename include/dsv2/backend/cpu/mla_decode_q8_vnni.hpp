@@ -1,0 +1,228 @@
+// The AVX-512 VNNI kernels of MLA decode over an 8-bit latent cache
+// (core/latent_q8.hpp); mla_decode_q8.hpp chooses them at run time.
+//
+// Both products run on vpdpbusd (4 byte products per 32-bit lane, 4 times
+// the multiply-adds of an f32 FMA on the same port), with heads in lanes: a
+// zmm holds 16 heads, so the score of a key, its probability and each output
+// channel are one vector, and no product needs a horizontal sum.
+//   S = q Kᵀ   the query is quantized once per call to int8, per head and
+//              group (its scale sq and Σq per group kept); a key's bytes
+//              (unsigned, +128) are broadcast four at a time against the
+//              query's, and S = sk·sq·(acc − 128·Σq) per group, plus the
+//              rope lanes in f32.
+//   O += P V   the probabilities, times each row's group scale, are quantized
+//              per tile, head and group to 0..255 (unsigned); the tile's rows
+//              are regrouped four rows to a 32-bit word (signed, −128), and
+//              O = corr·O + sp·acc per channel.
+// So the results differ from attention over the dequantized rows by the
+// rounding of q to 8 bits (relative 1/254 of its group's largest lane) and of
+// P to 8 bits (1/510 of the tile's largest weight): docs/quantization.md has
+// the measured error. Needs rank a multiple of 64 (group 64 or 128).
+#pragma once
+
+#include "dsv2/backend/cpu/gemv_q8.hpp"
+#include "dsv2/backend/cpu/mla_decode_avx512.hpp"
+#include "dsv2/backend/cpu/scratch.hpp"
+#include "dsv2/core/latent_q8.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace dsv2::cpu_detail {
+
+// Rows per tile of the q8 kernels (a multiple of 8): 128 rows of V2 are 82 KiB
+// of cache bytes and 64 KiB regrouped, both in L2.
+inline constexpr std::int64_t kQ8Tile = 128;
+inline constexpr std::int64_t kQ8Heads = 16;  // heads per block: the lanes of a zmm
+
+#if DSV2_X86_KERNELS
+
+inline std::int32_t load_i32(const void* p) {
+    std::int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// The query of one block of up to 16 heads, heads in lanes (mla_decode_q8.hpp
+// fills it): the int8 lanes as 32-bit words of 4 (word h of quad j holds
+// q8[h][4j .. 4j+3]), per group the f32 scale and 128 · Σ q8, and the rope
+// lanes in f32 — all of it scaled by the softmax scale.
+struct Q8Query {
+    const std::uint8_t* q8 = nullptr;  // (rank / 4, 16) words
+    const std::int32_t* offset = nullptr;  // (groups, 16)
+    const float* scale = nullptr;      // (groups, 16)
+    const float* rope = nullptr;       // (rope, 16)
+};
+
+// n bf16 lanes (a row's rope lanes, 4-byte aligned or not) as f32.
+DSV2_AVX512 inline void q8_widen_rope(const std::uint8_t* src, std::int64_t n, float* dst) {
+    for (std::int64_t d = 0; d < n; d += 16) {
+        const __mmask16 m = lanes_mask(n - d);
+        const __m512i x = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_maskz_loadu_epi16(m, src + 2 * d));
+        _mm512_mask_storeu_ps(dst + d, m, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, x, 16)));
+    }
+}
+
+// S[k] (16 heads) for the 8 rows rows[0..8).
+DSV2_AVX512_VNNI inline void q8_score_block8(const std::uint8_t* const* rows, const LatentQ8Format& f,
+                                             const Q8Query& q, const float* rope_rows, float* s_out,
+                                             RowPrefetcher<std::uint8_t>& pf) {
+    const std::int64_t g_len = f.group;
+    __m512 s[8];
+    for (auto& v : s) v = _mm512_setzero_ps();
+    for (std::int64_t g = 0; g < f.groups(); ++g) {
+        __m512i acc[8];
+        for (auto& a : acc) a = _mm512_setzero_si512();
+        const std::int64_t c0 = g * g_len;
+        for (std::int64_t c = c0; c < c0 + g_len; c += 4) {
+            pf.step();
+            const __m512i qv = _mm512_loadu_si512(q.q8 + c * 16);
+            for (int k = 0; k < 8; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(load_i32(rows[k] + c)), qv);
+        }
+        const __m512i off = _mm512_loadu_si512(q.offset + g * 16);
+        const __m512 sq = _mm512_loadu_ps(q.scale + g * 16);
+        for (int k = 0; k < 8; ++k) {
+            const __m512 fk = _mm512_mul_ps(sq, _mm512_set1_ps(f.scale(rows[k], g)));
+            s[k] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(acc[k], off)), fk, s[k]);
+        }
+    }
+    for (std::int64_t d = 0; d < f.rope; ++d) {
+        const __m512 qv = _mm512_loadu_ps(q.rope + d * 16);
+        for (int k = 0; k < 8; ++k) s[k] = _mm512_fmadd_ps(qv, _mm512_set1_ps(rope_rows[k * f.rope + d]), s[k]);
+    }
+    for (int k = 0; k < 8; ++k) _mm512_storeu_ps(s_out + k * 16, s[k]);
+}
+
+// Four rows' int8 lanes regrouped into 32-bit words of one lane from each
+// row, signed; the words of a 64-lane stretch come out in the order of
+// q8_channel_of.
+DSV2_AVX512 inline void q8_regroup4(const std::uint8_t* r0, const std::uint8_t* r1, const std::uint8_t* r2,
+                                    const std::uint8_t* r3, std::int64_t rank, std::int32_t* out) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    for (std::int64_t c = 0; c < rank; c += 64) {
+        const __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(r0 + c), flip);
+        const __m512i x1 = _mm512_xor_si512(_mm512_loadu_si512(r1 + c), flip);
+        const __m512i x2 = _mm512_xor_si512(_mm512_loadu_si512(r2 + c), flip);
+        const __m512i x3 = _mm512_xor_si512(_mm512_loadu_si512(r3 + c), flip);
+        const __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), lo23 = _mm512_unpacklo_epi8(x2, x3);
+        const __m512i hi01 = _mm512_unpackhi_epi8(x0, x1), hi23 = _mm512_unpackhi_epi8(x2, x3);
+        _mm512_storeu_si512(out + c, _mm512_unpacklo_epi16(lo01, lo23));
+        _mm512_storeu_si512(out + c + 16, _mm512_unpackhi_epi16(lo01, lo23));
+        _mm512_storeu_si512(out + c + 32, _mm512_unpacklo_epi16(hi01, hi23));
+        _mm512_storeu_si512(out + c + 48, _mm512_unpackhi_epi16(hi01, hi23));
+    }
+}
+
+// The lane of the row that regrouped word w (of q8_regroup4's output) holds:
+// in each 128-bit block L of a 64-lane stretch, unpacking bytes then 16-bit
+// pairs leaves lanes 16L + {0..3, 4..7, 8..11, 12..15} in the four stores.
+inline std::int64_t q8_channel_of(std::int64_t w) {
+    const std::int64_t c = w / 64 * 64, k = (w % 64) / 16, i = w % 16;
+    return c + (i / 4) * 16 + k * 4 + i % 4;
+}
+
+// O[w] (16 heads) = corr · O[w] + sp · Σ_t4 P4[t4] · V4[t4][w] for the 16
+// regrouped words w in [w0, w0 + 16), from n4 words of 4 rows.
+DSV2_AVX512_VNNI inline void q8_value_block16(const std::int32_t* p4, const std::int32_t* v4, std::int64_t ldv,
+                                              std::int64_t n4, __m512 sp, __m512 corr, float* o) {
+    __m512i acc[16];
+    for (auto& a : acc) a = _mm512_setzero_si512();
+    for (std::int64_t t = 0; t < n4; ++t) {
+        const __m512i pv = _mm512_loadu_si512(p4 + t * 16);
+        const std::int32_t* vt = v4 + t * ldv;
+        for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], pv, _mm512_set1_epi32(vt[i]));
+    }
+    for (int i = 0; i < 16; ++i) {
+        float* oi = o + i * 16;
+        _mm512_storeu_ps(oi, _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, acc[i]), sp, _mm512_mul_ps(_mm512_loadu_ps(oi), corr)));
+    }
+}
+
+// The softmax state of one split of rows [s0, s1) for one head block: o
+// (rank, 16) in the regrouped word order, max and sum (16 each).
+DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8Format& f, const std::uint8_t* pages,
+                                             std::int64_t page, const std::int32_t* table, std::int64_t s0,
+                                             std::int64_t s1, float* o, float* max, float* sum) {
+    const std::int64_t rank = f.rank, rb = f.row_bytes();
+    std::fill(o, o + rank * 16, 0.0f);
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), l = _mm512_setzero_ps();
+    thread_local std::vector<const std::uint8_t*> rows;  // this tile's and the next one's
+    rows.resize(static_cast<std::size_t>(2 * kQ8Tile));
+    const std::uint8_t** here = rows.data();
+    const std::uint8_t** next = rows.data() + kQ8Tile;
+    // Row pointers of [j, j + tile), padded to a multiple of 8 with the last
+    // row (whose probabilities are set to 0 below).
+    const auto row_pointers = [&](std::int64_t j, const std::uint8_t** out) {
+        const std::int64_t n = std::clamp<std::int64_t>(s1 - j, 0, kQ8Tile);
+        for (std::int64_t i = 0; i < n; ++i) out[i] = pages + (table[(j + i) / page] * page + (j + i) % page) * rb;
+        for (std::int64_t i = n; i < (n + 7) / 8 * 8; ++i) out[i] = out[n - 1];
+        return n;
+    };
+    // Per thread: scores then probabilities (tile, 16), the rope lanes in f32
+    // (tile, rope), the quantized probabilities (groups, tile / 4, 16) and the
+    // regrouped rows (tile / 4, rank), and the probabilities' scales (groups, 16).
+    const std::int64_t groups = f.groups();
+    float* s = f32_scratch<kScratchLatentTile>(kQ8Tile * 16 + kQ8Tile * f.rope + groups * kQ8Tile * 4 +
+                                               kQ8Tile / 4 * rank + groups * 16);
+    float* rope_rows = s + kQ8Tile * 16;
+    auto* p4 = reinterpret_cast<std::int32_t*>(rope_rows + kQ8Tile * f.rope);
+    std::int32_t* v4 = p4 + groups * kQ8Tile * 4;
+    float* sp = reinterpret_cast<float*>(v4 + kQ8Tile / 4 * rank);
+    RowPrefetcher<std::uint8_t> pf;
+    std::int64_t n_next = row_pointers(s0, next);
+    for (std::int64_t j = s0; j < s1; j += kQ8Tile) {
+        std::swap(here, next);
+        const std::int64_t n = n_next, n8 = (n + 7) / 8 * 8, n4 = (n + 3) / 4;
+        n_next = row_pointers(j + kQ8Tile, next);
+        pf.start(next, n_next, rb);
+        for (std::int64_t t = 0; t < n8; ++t) q8_widen_rope(here[t] + f.rope_offset(), f.rope, rope_rows + t * f.rope);
+        for (std::int64_t k = 0; k < n8; k += 8) q8_score_block8(here + k, f, q, rope_rows + k * f.rope, s + k * 16, pf);
+        // Online softmax, heads in lanes; the padding rows get probability 0.
+        __m512 mt = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+        for (std::int64_t t = 0; t < n; ++t) mt = _mm512_maskz_max_ps(0xffff, mt, _mm512_loadu_ps(s + t * 16));
+        const __m512 m_new = _mm512_maskz_max_ps(0xffff, m, mt);
+        const __m512 corr = exp16(_mm512_sub_ps(m, m_new));
+        __m512 lt = _mm512_setzero_ps();
+        for (std::int64_t t = 0; t < n8; ++t) {
+            const __m512 p = t < n ? exp16(_mm512_sub_ps(_mm512_loadu_ps(s + t * 16), m_new)) : _mm512_setzero_ps();
+            _mm512_storeu_ps(s + t * 16, p);
+            lt = _mm512_add_ps(lt, p);
+        }
+        l = _mm512_fmadd_ps(l, corr, lt);
+        m = m_new;
+        // P · (row scale of the group) to 0..255 per head and group, 4 rows to a word.
+        for (std::int64_t g = 0; g < groups; ++g) {
+            __m512 pmax = _mm512_setzero_ps();
+            for (std::int64_t t = 0; t < n; ++t)
+                pmax = _mm512_maskz_max_ps(0xffff, pmax, _mm512_mul_ps(_mm512_loadu_ps(s + t * 16), _mm512_set1_ps(f.scale(here[t], g))));
+            const __mmask16 live = _mm512_cmp_ps_mask(pmax, _mm512_setzero_ps(), _CMP_GT_OQ);
+            const __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(255.0f), pmax);
+            _mm512_storeu_ps(sp + g * 16, _mm512_mul_ps(pmax, _mm512_set1_ps(1.0f / 255.0f)));
+            for (std::int64_t t4 = 0; t4 < n4; ++t4) {
+                __m512i word = _mm512_setzero_si512();
+                for (int i = 0; i < 4; ++i) {
+                    const std::int64_t t = 4 * t4 + i;
+                    const __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + t * 16), _mm512_set1_ps(f.scale(here[t], g))), inv);
+                    const __m512i b = _mm512_maskz_min_epi32(0xffff, _mm512_maskz_max_epi32(0xffff, _mm512_maskz_cvtps_epi32(0xffff, x), _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    word = _mm512_or_si512(word, _mm512_maskz_slli_epi32(0xffff, b, 8 * i));
+                }
+                _mm512_storeu_si512(p4 + (g * kQ8Tile / 4 + t4) * 16, word);
+            }
+        }
+        for (std::int64_t t4 = 0; t4 < n4; ++t4)
+            q8_regroup4(here[4 * t4], here[4 * t4 + 1], here[4 * t4 + 2], here[4 * t4 + 3], rank, v4 + t4 * rank);
+        for (std::int64_t w = 0; w < rank; w += 16) {
+            const std::int64_t g = w / f.group;  // a 64-lane stretch lies in one group
+            q8_value_block16(p4 + g * kQ8Tile / 4 * 16, v4 + w, rank, n4, _mm512_loadu_ps(sp + g * 16), corr,
+                             o + w * 16);
+        }
+    }
+    _mm512_storeu_ps(max, m);
+    _mm512_storeu_ps(sum, l);
+}
+
+#endif  // DSV2_X86_KERNELS
+
+}  // namespace dsv2::cpu_detail

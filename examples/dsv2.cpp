@@ -28,6 +28,7 @@ struct Common {
     std::string model = DSV2_DEFAULT_MODEL;
     std::string dtype = "f32";
     std::string backend = "cpu";
+    std::string cache = "dense";
     int threads = 0;
 };
 
@@ -55,6 +56,9 @@ dsv2::Model<T, dsv2::cpu> load(dsv2::Context<dsv2::cpu>& ctx, const std::string&
 void check_backend(const Common& c) {
     DSV2_CHECK(c.dtype != "int8" || c.backend == "cpu", dsv2::Unsupported,
                "--dtype int8 with --backend {}: int8 weights run on the cpu backend only so far", c.backend);
+    DSV2_CHECK(c.cache == "dense" || c.backend == "cpu", dsv2::Unsupported,
+               "--cache {} with --backend {}: the int8 latent cache runs on the cpu backend only so far", c.cache,
+               c.backend);
 #ifdef DSV2_WITH_CUDA
     DSV2_CHECK(c.backend == "cpu" || c.backend == "cuda", dsv2::Unsupported, "--backend {}: expected cpu or cuda",
                c.backend);
@@ -136,14 +140,14 @@ int cmd_logits(const Common& c, const std::string& tokens_text, const std::strin
     return with_dtype(c.dtype, [&]<class T>() {
         dsv2::Context<dsv2::cpu> ctx(c.threads);
         const auto model = load<T>(ctx, c.model);
-        auto session = model.new_session(ctx, std::ssize(tokens), 1);
+        auto session = model.new_session(ctx, std::ssize(tokens), 1, 64, dsv2::parse_latent_format(c.cache));
         const dsv2::SequenceTokens seq{session.cache.add_sequence(), tokens};
         const auto logits = model.forward(ctx, session, std::span(&seq, 1), dsv2::Logits::all);
         std::vector<float> values(static_cast<std::size_t>(logits.numel()));
         for (std::int64_t i = 0; i < logits.numel(); ++i) values[static_cast<std::size_t>(i)] = static_cast<float>(logits.data[i]);
         dsv2::write_npy<float>(out, values, {logits.shape[0], logits.shape[1]});
-        fmt::print("wrote {}: float32 logits of shape [{}, {}] ({} prefill, dtype {})\n", out, logits.shape[0],
-                   logits.shape[1], tokens.size(), c.dtype);
+        fmt::print("wrote {}: float32 logits of shape [{}, {}] ({} prefill, dtype {}, {} cache)\n", out, logits.shape[0],
+                   logits.shape[1], tokens.size(), c.dtype, c.cache);
         return 0;
     });
 }
@@ -178,7 +182,8 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
         opt.max_new_tokens = g.max_new_tokens;
         opt.sampling = g.sampling;
         if (model.config.eos_token_id) opt.eos = static_cast<std::int32_t>(*model.config.eos_token_id);
-        auto session = model.new_session(ctx, std::ssize(prompt) + g.max_new_tokens, 1);
+        auto session =
+            model.new_session(ctx, std::ssize(prompt) + g.max_new_tokens, 1, 64, dsv2::parse_latent_format(c.cache));
         const auto result = dsv2::generate(ctx, model, session, {prompt}, opt, [&](std::size_t, std::int32_t id) {
             if (text_io && g.tokens.empty()) {
                 if (id < 256) std::fputc(id, stdout);
@@ -213,6 +218,11 @@ int main(int argc, char** argv) {
         sub->add_option("--dtype", common.dtype, "weight and cache type: f64, f32, bf16, f16, or int8 (int8 linear weights, bf16 cache; cpu only)")->capture_default_str();
         sub->add_option("--backend", common.backend, "cpu, or cuda when built with DSV2_ENABLE_CUDA")->capture_default_str();
         sub->add_option("--threads", common.threads, "CPU threads (0: all)")->capture_default_str();
+        sub->add_option("--cache", common.cache,
+                        "latent cache: dense (the dtype's float type) or int8 (8-bit rows, cpu only; "
+                        "docs/usage.md)")
+            ->check(CLI::IsMember({"dense", "int8"}))
+            ->capture_default_str();
     };
 
     auto* info = app.add_subcommand("info", "config summary, parameter counts, KV-cache bytes per token");

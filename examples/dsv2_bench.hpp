@@ -27,7 +27,7 @@
 namespace dsv2_bench {
 
 struct Args {
-    std::string model, preset = "v2-lite", dtype = "bf16";
+    std::string model, preset = "v2-lite", dtype = "bf16", cache = "dense";
     std::int64_t layers = 0, prompt = 512, gen = 64, depth = 0, batch = 1;
     int threads = 0, reps = 3;
     bool json = false, table1 = false;
@@ -40,6 +40,9 @@ inline void add_options(CLI::App* sub, Args& a) {
         ->excludes(model);
     sub->add_option("--layers", a.layers, "keep the first N decoder layers (0: all)")->capture_default_str();
     sub->add_option("--dtype", a.dtype, "weight and cache type: f32, bf16, f16, or int8 (int8 linear weights, bf16 cache)")
+        ->capture_default_str();
+    sub->add_option("--cache", a.cache, "latent cache: dense (the weights' float type; bf16 for int8) or int8 (CPU, VNNI)")
+        ->check(CLI::IsMember({"dense", "int8"}))
         ->capture_default_str();
     sub->add_option("--prompt", a.prompt, "prefill tokens per sequence (0: skip)")->capture_default_str();
     sub->add_option("--gen", a.gen, "decode steps (0: skip)")->capture_default_str();
@@ -134,7 +137,7 @@ int run(const Args& a) {
     const auto bw = dsv2::measure_bandwidth(ctx.threads);
 
     const std::int64_t per_seq = a.depth + std::max(a.prompt, a.gen);
-    auto session = model.new_session(ctx, a.batch * per_seq, a.batch);
+    auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, dsv2::parse_latent_format(a.cache));
     std::vector<std::int64_t> seqs;
     for (std::int64_t b = 0; b < a.batch; ++b) seqs.push_back(session.cache.add_sequence());
     std::mt19937 rng(7);
@@ -188,18 +191,18 @@ int run(const Args& a) {
     const std::string name = a.model.empty() ? a.preset : a.model;
     if (a.json) {
         fmt::print(
-            "{{\"model\": \"{}\", \"dtype\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
+            "{{\"model\": \"{}\", \"dtype\": \"{}\", \"cache\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
             "\"depth\": {}, \"batch\": {}, \"reps\": {}, \"prefill_tokens_per_s\": {:.3f}, \"decode_tokens_per_s\": {:.3f}, "
             "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
             "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
             "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
-            name, a.dtype, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
+            name, a.dtype, a.cache, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
             tg_rate, decode_bytes, weight_bytes, cache_bytes, bw.bytes_per_s / 1e9, roofline, rss, resident, kv_per_token,
             build_s);
         return 0;
     }
-    fmt::print("model      {} ({} layers), dtype {}, {} threads, batch {}, built in {:.1f} s\n", name,
-               cfg.num_hidden_layers, a.dtype, ctx.threads, a.batch, build_s);
+    fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} threads, batch {}, built in {:.1f} s\n", name,
+               cfg.num_hidden_layers, a.dtype, a.cache, ctx.threads, a.batch, build_s);
     fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads, best of 4)\n", bw.bytes_per_s / 1e9, bw.threads);
     if (a.prompt > 0)
         fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, a.depth, pp_rate, a.reps);

@@ -116,6 +116,38 @@ TEST_CASE("dsv2 logits and generate run with --dtype int8", "[cli][int8]") {
     CHECK_THAT(g.output, Catch::Contains("ids: "));
 }
 
+TEST_CASE("dsv2 logits, generate and bench run with --cache int8", "[cli][latent_q8]") {
+    // Accuracy is tests/test_latent_q8.cpp's; here: the flag reaches an int8
+    // latent cache, whose logits are close to the reference, not equal.
+    const TempDir tmp;
+    const Case c("tiny_v2");
+    const auto prompt = first_prompt(c);
+    const auto out = tmp.path() / "q8cache.npy";
+    const Run r = run("logits --model " + c.dir.string() + " --tokens " + ids_csv(prompt) + " --out " + out.string() +
+                      " --cache int8 --threads 2");
+    REQUIRE(r.status == 0);
+    CHECK_THAT(r.output, Catch::Contains("int8 cache"));
+    const auto actual = read_npy(out).as<double>();
+    const auto expected = c.f64("logits");
+    double largest = 0, worst = 0;
+    for (std::size_t i = 0; i < actual.size(); ++i) {
+        largest = std::max(largest, std::abs(expected[i]));
+        worst = std::max(worst, std::abs(actual[i] - expected[i]));
+    }
+    INFO("max abs error " << worst << ", largest logit " << largest);
+    CHECK(worst <= 0.1 * largest);
+    CHECK(worst > 1e-5 * largest);
+    const Run g = run("generate --model " + c.dir.string() + " --tokens " + ids_csv(prompt) +
+                      " --max-new-tokens 3 --cache int8 --threads 2");
+    REQUIRE(g.status == 0);
+    CHECK_THAT(g.output, Catch::Contains("ids: "));
+    // The tiny preset: 3 layers of 32 int8 lanes, one f32 scale and 16 bf16
+    // rope lanes (68 bytes; 96 in bf16).
+    const Run b = run("bench --preset tiny --cache int8 --prompt 8 --gen 4 --depth 20 --reps 1 --threads 2 --json");
+    REQUIRE(b.status == 0);
+    CHECK_THAT(b.output, Catch::Contains("\"cache\": \"int8\"") && Catch::Contains("\"kv_cache_bytes_per_token\": 204,"));
+}
+
 TEST_CASE("dsv2 info summarises the config", "[cli]") {
     const Run r = run("info --model " + (data_dir() / "tiny_v2").string());
     REQUIRE(r.status == 0);
@@ -138,6 +170,8 @@ TEST_CASE("dsv2 reports bad input clearly and exits non-zero", "[cli]") {
         {"logits" + model + " --tokens 1 --backend tpu" + out, "--backend tpu"},
         {"logits" + model + " --tokens 1 --backend cuda --dtype int8" + out, "int8 weights run on the cpu backend only"},
         {"generate" + model + " --tokens 1 --backend cuda --dtype int8", "int8 weights run on the cpu backend only"},
+        {"generate" + model + " --tokens 1 --backend cuda --cache int8", "int8 latent cache runs on the cpu backend"},
+        {"generate" + model + " --tokens 1 --cache fp8", "--cache"},
         {"generate" + model + " --prompt hello", "tokenizer is not supported"},
         {"generate" + model + " --tokens 1 --top-p 0", "top_p"},
     };

@@ -5,15 +5,34 @@
 // same ids in every layer. Appending past the end of a page takes a free
 // page; truncating or freeing a sequence returns its pages.
 //
+// LatentFormat::int8 stores the rows in 8 bits instead (core/latent_q8.hpp:
+// 656 bytes per token and layer for V2 instead of 1152 in bf16), on the CPU
+// only; its pages are q8_layer(l), of LatentQ8Format::row_bytes() bytes per
+// row. It trades accuracy for memory and decode speed at long contexts
+// (docs/benchmarks.md, "int8 latent cache").
+//
 // Every mutating call either succeeds or leaves the cache as it was.
 #pragma once
 
+#include "dsv2/core/latent_q8.hpp"
 #include "dsv2/layers/common.hpp"
 
 #include <limits>
+#include <optional>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace dsv2 {
+
+// How a latent cache stores its rows: in its element type, or in 8 bits.
+enum class LatentFormat { dense, int8 };
+
+inline LatentFormat parse_latent_format(std::string_view name) {
+    if (name == "dense") return LatentFormat::dense;
+    if (name == "int8") return LatentFormat::int8;
+    DSV2_FAIL(Unsupported, "latent cache format '{}': expected dense or int8", name);
+}
 
 template <class T, class B>
 class LatentCache {
@@ -23,9 +42,10 @@ public:
     LatentCache() = default;
     // `n_pages` pages of `page_size` tokens; block tables sized for up to
     // `max_sequences` sequences of at most n_pages * page_size tokens each.
+    // With `int8`, the rows are stored in that format (its width() lanes).
     LatentCache(Context<B>& ctx, std::int64_t n_layers, std::int64_t width, std::int64_t page_size,
-                std::int64_t n_pages, std::int64_t max_sequences)
-        : ctx_(&ctx), layers_(n_layers), width_(width), page_size_(page_size), n_pages_(n_pages) {
+                std::int64_t n_pages, std::int64_t max_sequences, std::optional<LatentQ8Format> int8 = std::nullopt)
+        : ctx_(&ctx), layers_(n_layers), width_(width), page_size_(page_size), n_pages_(n_pages), q8_(int8) {
         DSV2_CHECK(n_layers > 0 && width > 0 && page_size > 0 && n_pages > 0 && max_sequences > 0, RangeError,
                    "[cache] layers {}, width {}, page size {}, pages {}, sequences {}: all must be positive", n_layers,
                    width, page_size, n_pages, max_sequences);
@@ -33,7 +53,15 @@ public:
         DSV2_CHECK(n_pages <= std::numeric_limits<std::int32_t>::max(), RangeError,
                    "[cache] {} pages: page ids are int32, so at most {} pages", n_pages,
                    std::numeric_limits<std::int32_t>::max());
-        pages_ = Tensor<T, B, 4>({n_layers, n_pages, page_size, width});
+        if (q8_) {
+            DSV2_CHECK((std::is_same_v<B, cpu>), Unsupported,
+                       "[cache] the int8 latent cache is CPU-only: the CUDA backend has no kernels for it");
+            DSV2_CHECK(q8_->width() == width, ShapeError, "[cache] int8 rows of {} + {} lanes for a cache of width {}",
+                       q8_->rank, q8_->rope, width);
+            q8_pages_ = Tensor<std::uint8_t, B, 4>({n_layers, n_pages, page_size, q8_->row_bytes()});
+        } else {
+            pages_ = Tensor<T, B, 4>({n_layers, n_pages, page_size, width});
+        }
         block_tables_ = Tensor<std::int32_t, B, 2>({max_sequences, n_pages});
         seqs_.resize(static_cast<std::size_t>(max_sequences));
         free_pages_.reserve(static_cast<std::size_t>(n_pages));
@@ -45,7 +73,8 @@ public:
     // partly filled, so that costs up to one extra page per sequence beyond
     // the first: ceil(T / page) + min(S, T) - 1 pages always suffice.
     static LatentCache for_config(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens,
-                                  std::int64_t max_sequences = 16, std::int64_t page_size = 64) {
+                                  std::int64_t max_sequences = 16, std::int64_t page_size = 64,
+                                  LatentFormat format = LatentFormat::dense) {
         DSV2_CHECK(max_tokens >= 0 && max_tokens <= (std::int64_t{1} << 40) && page_size > 0, RangeError,
                    "[cache] max_tokens {}, page size {}: invalid (max_tokens must be 0..2^40, page size positive)",
                    max_tokens, page_size);
@@ -53,7 +82,9 @@ public:
         // Written so that no sum can overflow for any max_tokens.
         const std::int64_t pages =
             std::max<std::int64_t>(1, max_tokens / page_size + (max_tokens % page_size != 0) + slack);
-        return LatentCache(ctx, cfg.num_hidden_layers, cfg.latent_dim(), page_size, pages, max_sequences);
+        std::optional<LatentQ8Format> int8;
+        if (format == LatentFormat::int8) int8 = LatentQ8Format::make(cfg.kv_lora_rank, cfg.qk_rope_head_dim);
+        return LatentCache(ctx, cfg.num_hidden_layers, cfg.latent_dim(), page_size, pages, max_sequences, int8);
     }
 
     // ---- sequences -------------------------------------------------------
@@ -119,11 +150,28 @@ public:
     }
 
     // ---- storage views ---------------------------------------------------
-    View<T, B, 3> layer(std::int64_t l) {  // (P, page_size, W)
-        assert(l >= 0 && l < layers_);
+    View<T, B, 3> layer(std::int64_t l) {  // (P, page_size, W); a dense cache's
+        assert(l >= 0 && l < layers_ && !q8_);
         return pages_.view()[l];
     }
-    View<const T, B, 3> layer(std::int64_t l) const { return pages_.view()[l]; }
+    View<const T, B, 3> layer(std::int64_t l) const {
+        assert(l >= 0 && l < layers_ && !q8_);
+        return pages_.view()[l];
+    }
+    // An int8 cache's: (P, page_size, row bytes).
+    bool int8() const { return q8_.has_value(); }
+    const LatentQ8Format& int8_format() const {
+        DSV2_CHECK(q8_.has_value(), Unsupported, "[cache] int8_format(): this cache stores dense rows");
+        return *q8_;
+    }
+    View<std::uint8_t, B, 3> q8_layer(std::int64_t l) {
+        assert(l >= 0 && l < layers_ && q8_);
+        return q8_pages_.view()[l];
+    }
+    View<const std::uint8_t, B, 3> q8_layer(std::int64_t l) const {
+        assert(l >= 0 && l < layers_ && q8_);
+        return q8_pages_.view()[l];
+    }
     View<const std::int32_t, B, 1> block_table(SeqId seq) const {  // (pages of seq), device memory
         const Sequence& s = sequence(seq, "block_table");
         return block_tables_.view()[seq].cols(0, static_cast<std::int64_t>(s.pages.size()));
@@ -137,10 +185,13 @@ public:
     std::int64_t n_pages() const { return n_pages_; }
     std::int64_t free_page_count() const { return static_cast<std::int64_t>(free_pages_.size()); }
     std::int64_t max_sequences() const { return static_cast<std::int64_t>(seqs_.size()); }
-    // Bytes one token occupies across all layers: layers * (C + Dr) * sizeof(T).
-    std::int64_t bytes_per_token() const { return layers_ * width_ * static_cast<std::int64_t>(sizeof(T)); }
+    // Bytes one token occupies across all layers: layers * (C + Dr) * sizeof(T),
+    // or layers * the int8 row's bytes.
+    std::int64_t bytes_per_token() const {
+        return layers_ * (q8_ ? q8_->row_bytes() : width_ * static_cast<std::int64_t>(sizeof(T)));
+    }
     std::int64_t capacity_tokens() const { return n_pages_ * page_size_; }
-    std::int64_t capacity_bytes() const { return static_cast<std::int64_t>(pages_.bytes()); }
+    std::int64_t capacity_bytes() const { return static_cast<std::int64_t>(pages_.bytes() + q8_pages_.bytes()); }
     // Bytes of the pages currently held by sequences (whole pages).
     std::int64_t bytes_in_use() const { return (n_pages_ - free_page_count()) * page_size_ * bytes_per_token(); }
 
@@ -169,7 +220,9 @@ private:
 
     Context<B>* ctx_ = nullptr;
     std::int64_t layers_ = 0, width_ = 0, page_size_ = 0, n_pages_ = 0;
-    Tensor<T, B, 4> pages_;                  // (L, P, page_size, W)
+    std::optional<LatentQ8Format> q8_;
+    Tensor<T, B, 4> pages_;                  // (L, P, page_size, W), dense
+    Tensor<std::uint8_t, B, 4> q8_pages_;    // (L, P, page_size, row bytes), int8
     Tensor<std::int32_t, B, 2> block_tables_;  // (max_sequences, P)
     std::vector<Sequence> seqs_;
     std::vector<std::int32_t> free_pages_;

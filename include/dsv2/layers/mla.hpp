@@ -9,6 +9,9 @@
 //              head) and W_UV into the output, and attend over the latent
 //              rows directly — MQA with one 576-wide key head whose first
 //              512 lanes are also the value. This is the inference path.
+// The cache holds the rows in the element type, or in 8 bits
+// (LatentFormat::int8, CPU): decode then reads them with mla_decode_q8, and
+// every other step dequantizes the rows it gathers.
 #pragma once
 
 #include "dsv2/layers/latent_cache.hpp"
@@ -17,6 +20,7 @@
 #include "dsv2/layers/step.hpp"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace dsv2 {
@@ -135,13 +139,17 @@ struct MLA {
         kv_a_layernorm.forward(ctx, cview(latent.cols(0, rank)), latent.cols(0, rank));
         View<A, B, 3> k_pe(latent.data + rank, {n, 1, rope}, {latent.stride[0], rope, 1});  // (N, 1, Dr)
         Rotary<T, B>::apply(ctx, step.cos, step.sin, k_pe);
-        cache_write(ctx, cview(latent), step.slots, cache.layer(layer));
+        if (cache.int8()) {
+            write_int8(cview(latent), step.slots, cache, layer);
+        } else {
+            cache_write(ctx, cview(latent), step.slots, cache.layer(layer));
+        }
 
         auto o = ws.template take<A>(std::array{n, heads * vdim});  // (N, H*Dv)
         if (!uses_naive(step)) {
-            attend_absorbed(ctx, ws, step, cache.layer(layer), cview(q), o);
+            attend_absorbed(ctx, ws, step, cache, layer, cview(q), o);
         } else {
-            attend_naive(ctx, ws, step, cache.layer(layer), cview(q), o);
+            attend_naive(ctx, ws, step, cache, layer, cview(q), o);
         }
         linear(ctx, cview(o), o_proj.cview(), y);
     }
@@ -155,7 +163,60 @@ private:
         return kv_b_proj.cview().rows(h * (nope + vdim) + nope, (h + 1) * (nope + vdim));
     }
 
-    void attend_absorbed(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const dense_t<T>, B, 3> pages,
+    // The latent rows into an int8 cache (CPU only: the cache refuses int8
+    // on other backends).
+    void write_int8(View<const A, B, 2> latent, View<const std::int64_t, B, 1> slots, Cache& cache,
+                    std::int64_t layer) const {
+        if constexpr (std::is_same_v<B, cpu>) {
+            const LatentQ8Format& f = cache.int8_format();
+            auto pages = cache.q8_layer(layer);
+            const std::int64_t capacity = pages.shape[0] * pages.shape[1];
+            std::vector<float> row(static_cast<std::size_t>(f.width()));
+            for (std::int64_t i = 0; i < latent.shape[0]; ++i) {
+                const std::int64_t slot = slots.data[i * slots.stride[0]];
+                DSV2_CHECK(slot >= 0 && slot < capacity, RangeError, "mla: cache slot {} outside 0..{}", slot,
+                           capacity - 1);
+                for (std::int64_t c = 0; c < f.width(); ++c)
+                    row[static_cast<std::size_t>(c)] = static_cast<float>(latent.data[i * latent.stride[0] + c * latent.stride[1]]);
+                quantize_latent_row(f, row.data(), pages.data + slot * f.row_bytes());
+            }
+        } else {
+            DSV2_FAIL(Unsupported, "mla: an int8 latent cache on a backend without its kernels");
+        }
+    }
+
+    // The first s.context() rows of sequence s, dense (an int8 cache's
+    // dequantized), into rows (S, C+Dr).
+    void gather_rows(Context<B>& ctx, const Cache& cache, std::int64_t layer, const typename Step<A, B>::Sequence& s,
+                     View<A, B, 2> rows) const {
+        if (!cache.int8()) {
+            cache_gather(ctx, cache.layer(layer), s.block_table, rows);
+            return;
+        }
+        if constexpr (std::is_same_v<B, cpu>) {
+            const LatentQ8Format& f = cache.int8_format();
+            const auto pages = cache.q8_layer(layer);
+            const std::int64_t page = pages.shape[1], len = rows.shape[0];
+            DSV2_CHECK(s.block_table.shape[0] * page >= len, RangeError,
+                       "mla: {} rows from a block table of {} pages of {}", len, s.block_table.shape[0], page);
+#pragma omp parallel num_threads(ctx.threads) if (len >= 256)
+            {
+                std::vector<float> row(static_cast<std::size_t>(f.width()));
+#pragma omp for
+                for (std::int64_t j = 0; j < len; ++j) {
+                    const std::int64_t pid = s.block_table.data[(j / page) * s.block_table.stride[0]];
+                    dequantize_latent_row(f, pages.data + (pid * page + j % page) * f.row_bytes(), row.data());
+                    for (std::int64_t c = 0; c < f.width(); ++c)
+                        rows.data[j * rows.stride[0] + c * rows.stride[1]] = static_cast<A>(row[static_cast<std::size_t>(c)]);
+                }
+            }
+        } else {
+            DSV2_FAIL(Unsupported, "mla: an int8 latent cache on a backend without its kernels");
+        }
+    }
+
+    void attend_absorbed(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, const Cache& cache,
+                         std::int64_t layer,
                          View<const A, B, 3> q,  // (N, H, Dn+Dr)
                          View<A, B, 2> o) const  // (N, H*Dv)
     {
@@ -177,15 +238,20 @@ private:
             const View<const std::int32_t, B, 2> table(s.block_table.data, {1, s.block_table.shape[0]},
                                                        {s.block_table.shape[0], 1});
             const std::vector<std::int64_t> length{s.context()};
-            if constexpr (requires { mla_decode(ctx, q_s, pages, table, length, softmax_scale, o_s); }) {
-                if (s.n_tokens == 1) {
-                    mla_decode(ctx, q_s, pages, table, length, softmax_scale, o_s);
+            if (s.n_tokens == 1 && cache.int8()) {
+                if constexpr (requires { mla_decode_q8(ctx, q_s, cache.q8_layer(layer), table, length, softmax_scale, o_s); }) {
+                    mla_decode_q8(ctx, q_s, cache.q8_layer(layer), table, length, softmax_scale, o_s);
+                    continue;
+                }
+            } else if (s.n_tokens == 1) {
+                if constexpr (requires { mla_decode(ctx, q_s, cache.layer(layer), table, length, softmax_scale, o_s); }) {
+                    mla_decode(ctx, q_s, cache.layer(layer), table, length, softmax_scale, o_s);
                     continue;
                 }
             }
             typename Workspace<B>::Scope scope(ws);
             auto rows = ws.template take<A>(std::array{s.context(), w});  // (S, C+Dr)
-            cache_gather(ctx, pages, s.block_table, rows);
+            gather_rows(ctx, cache, layer, s, rows);
             const View<const A, B, 3> keys(rows.data, {s.context(), 1, w});                    // (S, 1, C+Dr)
             const View<const A, B, 3> values(rows.data, {s.context(), 1, rank}, {w, w, 1});  // (S, 1, C)
             attention(ctx, q_s, keys, values, s.first_position, softmax_scale, o_s);
@@ -197,7 +263,8 @@ private:
         linear_group(ctx, per_head);
     }
 
-    void attend_naive(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, View<const dense_t<T>, B, 3> pages,
+    void attend_naive(Context<B>& ctx, Workspace<B>& ws, const Step<A, B>& step, const Cache& cache,
+                      std::int64_t layer,
                       View<const A, B, 3> q,  // (N, H, Dn+Dr)
                       View<A, B, 2> o) const  // (N, H*Dv)
     {
@@ -207,7 +274,7 @@ private:
             typename Workspace<B>::Scope scope(ws);
             const std::int64_t len = s.context();
             auto rows = ws.template take<A>(std::array{len, w});  // (S, C+Dr)
-            cache_gather(ctx, pages, s.block_table, rows);
+            gather_rows(ctx, cache, layer, s, rows);
             // Decompress: (S, H, Dn+Dv) = [k_nope | v] per head.
             auto kv = ws.template take<A>(std::array{len, heads, nope + vdim});
             linear(ctx, cview(rows.cols(0, rank)), kv_b_proj.cview(), kv.reshape(std::array{len, heads * (nope + vdim)}));

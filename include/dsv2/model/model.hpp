@@ -28,9 +28,24 @@ struct Session {
     typename Attn::Cache cache;
     Workspace<B> ws;
 
+    // `format`: how MLA's latent cache stores its rows (layers/latent_cache.hpp);
+    // other attentions keep theirs dense.
     Session(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens, std::int64_t max_sequences = 16,
-            std::int64_t page_size = 64)
-        : cache(Attn::Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size)) {}
+            std::int64_t page_size = 64, LatentFormat format = LatentFormat::dense)
+        : cache(make_cache(ctx, cfg, max_tokens, max_sequences, page_size, format)) {}
+
+private:
+    using Cache = typename Attn::Cache;
+    static Cache make_cache(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens, std::int64_t max_sequences,
+                            std::int64_t page_size, LatentFormat format) {
+        if constexpr (requires { Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size, format); }) {
+            return Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size, format);
+        } else {
+            DSV2_CHECK(format == LatentFormat::dense, Unsupported,
+                       "session: an int8 cache is MLA's latent cache; this attention keeps a dense one");
+            return Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size);
+        }
+    }
 };
 
 // `Attn` is the self-attention of every layer: MLA (DeepSeek-V2) by default,
@@ -79,8 +94,8 @@ public:
     }
 
     Session<T, B, Attn> new_session(Context<B>& ctx, std::int64_t max_tokens, std::int64_t max_sequences = 16,
-                                    std::int64_t page_size = 64) const {
-        return Session<T, B, Attn>(ctx, config, max_tokens, max_sequences, page_size);
+                                    std::int64_t page_size = 64, LatentFormat format = LatentFormat::dense) const {
+        return Session<T, B, Attn>(ctx, config, max_tokens, max_sequences, page_size, format);
     }
 
     // One step: appends each sequence's tokens to the cache and returns the

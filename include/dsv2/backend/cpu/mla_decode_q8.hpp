@@ -25,46 +25,86 @@ namespace dsv2 {
 namespace cpu_detail {
 
 #if DSV2_X86_KERNELS
+// Below this many keys per thread the q8 path does not split; at most this
+// many splits (merge_q8_splits keeps a weight vector per split).
+inline constexpr std::int64_t kMinKeysPerQ8Split = 512;
+inline constexpr std::int64_t kMaxQ8Splits = 64;
+
 // Floats of the buffer behind a Q8Query.
 inline std::int64_t q8_query_floats(const LatentQ8Format& f) { return f.rank * 4 + f.groups() * 32 + f.rope * 16; }
 
 // Query rows [0, nh) of q (row stride ldq), times `scale`, into the
 // heads-in-lanes form of Q8Query, in `buf` (q8_query_floats(f) floats).
-inline Q8Query prepare_q8_query(const float* q, std::int64_t ldq, std::int64_t nh, const LatentQ8Format& f,
-                                float scale, float* buf) {
-    auto* q8 = reinterpret_cast<std::uint8_t*>(buf);                        // (rank / 4, 16) words
-    auto* offset = reinterpret_cast<std::int32_t*>(buf + f.rank * 4);      // (groups, 16)
-    float* qscale = buf + f.rank * 4 + f.groups() * 16;                     // (groups, 16)
-    float* rope = qscale + f.groups() * 16;                                 // (rope, 16)
+DSV2_AVX512 inline Q8Query prepare_q8_query(const float* q, std::int64_t ldq, std::int64_t nh,
+                                            const LatentQ8Format& f, float scale, float* buf) {
+    auto* q8 = reinterpret_cast<std::int32_t*>(buf);                   // (rank / 4, 16) words
+    auto* offset = reinterpret_cast<std::int32_t*>(buf + f.rank * 4);  // (groups, 16)
+    float* qscale = buf + f.rank * 4 + f.groups() * 16;                // (groups, 16)
+    float* rope = qscale + f.groups() * 16;                            // (rope, 16)
     std::fill(buf, buf + q8_query_floats(f), 0.0f);
-    const std::int64_t g_len = f.group;
+    const std::int64_t g_len = f.group;  // a multiple of 64 on this path
+    const __m512 sv = _mm512_set1_ps(scale);
     for (std::int64_t h = 0; h < nh; ++h) {
         const float* qh = q + h * ldq;
         for (std::int64_t g = 0; g < f.groups(); ++g) {
-            float amax = 0.0f;
-            bool finite = true;
-            for (std::int64_t c = g * g_len; c < (g + 1) * g_len; ++c) {
-                finite = finite && std::isfinite(qh[c] * scale);
-                amax = std::max(amax, std::fabs(qh[c] * scale));
+            // |q| max over the group; a NaN or infinity anywhere makes the
+            // scale NaN, so every score is NaN, as in f32.
+            __m512 amax = _mm512_setzero_ps(), bad = _mm512_setzero_ps();
+            for (std::int64_t c = g * g_len; c < (g + 1) * g_len; c += 16) {
+                const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(qh + c), sv);
+                amax = _mm512_maskz_max_ps(0xffff, amax, _mm512_abs_ps(x));
+                bad = _mm512_add_ps(bad, _mm512_sub_ps(x, x));  // NaN where x is not finite
             }
-            // A query lane that is not finite makes every score NaN, as in f32.
-            qscale[g * 16 + h] = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
-            const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
-            std::int32_t sum = 0;
-            for (std::int64_t c = g * g_len; c < (g + 1) * g_len; ++c) {
-                const auto v = static_cast<std::int32_t>(std::clamp(std::nearbyint(qh[c] * scale * inv), -127.0f, 127.0f));
-                q8[(c / 4) * 64 + h * 4 + c % 4] = static_cast<std::uint8_t>(static_cast<std::int8_t>(v));
-                sum += v;
+            const float a = hmax(amax);
+            const bool finite = std::isfinite(hsum(bad)) && std::isfinite(a);
+            qscale[g * 16 + h] = finite ? a / 127.0f : std::numeric_limits<float>::quiet_NaN();
+            const __m512 inv = _mm512_set1_ps(finite && a > 0.0f ? 127.0f / a : 0.0f);
+            __m512i sum = _mm512_setzero_si512();
+            for (std::int64_t c = g * g_len; c < (g + 1) * g_len; c += 16) {
+                // Round to nearest (|x · inv| ≤ 127), then 16 int8 = 4 words.
+                const __m512i v = _mm512_maskz_cvtps_epi32(0xffff, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(qh + c), sv), inv));
+                sum = _mm512_add_epi32(sum, v);
+                alignas(16) std::int32_t words[4];
+                _mm_store_si128(reinterpret_cast<__m128i*>(words), _mm512_maskz_cvtepi32_epi8(0xffff, v));
+                for (int k = 0; k < 4; ++k) q8[(c / 4 + k) * 16 + h] = words[k];
             }
-            offset[g * 16 + h] = 128 * sum;  // the +128 of every cache byte, times Σq
+            offset[g * 16 + h] = static_cast<std::int32_t>(128 * hsum_epi32(sum));  // the +128 of every cache byte, times Σq
         }
         for (std::int64_t d = 0; d < f.rope; ++d) rope[d * 16 + h] = qh[f.rank + d] * scale;
     }
-    return Q8Query{q8, offset, qscale, rope};
+    return Q8Query{reinterpret_cast<const std::uint8_t*>(q8), offset, qscale, rope};
 }
 
-// Below this many keys per thread the q8 path does not split.
-inline constexpr std::int64_t kMinKeysPerQ8Split = 512;
+// out[h][c] (h < nh, row stride out_ld) = Σ_p e^(max_p − M) o_p / Σ_p e^(max_p − M) sum_p
+// over the parts' states (o_p: (rank, 16) in q8_regroup4's word order).
+DSV2_AVX512 inline void merge_q8_splits(int parts, std::int64_t rank, std::int64_t nh, const float* o,
+                                        const float* max, const float* sum, float* merged, float* out,
+                                        std::int64_t out_ld) {
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int p = 0; p < parts; ++p) m = _mm512_maskz_max_ps(0xffff, m, _mm512_loadu_ps(max + p * 16));
+    __m512 weight[kMaxQ8Splits], denom = _mm512_setzero_ps();
+    for (int p = 0; p < parts; ++p) {
+        // An empty split (sum 0) weighs nothing.
+        const __m512 s = _mm512_loadu_ps(sum + p * 16);
+        const __mmask16 live = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+        weight[p] = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_loadu_ps(max + p * 16), m)));
+        denom = _mm512_fmadd_ps(weight[p], s, denom);
+    }
+    for (int p = 0; p < parts; ++p) weight[p] = _mm512_div_ps(weight[p], denom);
+    for (std::int64_t w = 0; w < rank; ++w) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int p = 0; p < parts; ++p) acc = _mm512_fmadd_ps(weight[p], _mm512_loadu_ps(o + (p * rank + w) * 16), acc);
+        _mm512_storeu_ps(merged + w * 16, acc);
+    }
+    // Back from heads in lanes and the regrouped word order.
+    for (std::int64_t c = 0; c < rank; c += 64)
+        for (std::int64_t k = 0; k < 4; ++k)
+            for (std::int64_t i = 0; i < 16; ++i) {
+                const float* src = merged + (c + 16 * k + i) * 16;
+                float* dst = out + c + (i / 4) * 16 + k * 4 + i % 4;
+                for (std::int64_t h = 0; h < nh; ++h) dst[h * out_ld] = src[h];
+            }
+}
 
 // One sequence on AVX-512 VNNI: head blocks of 16, the context split over
 // the threads within each block.
@@ -72,12 +112,15 @@ inline void mla_decode_q8_seq(Context<cpu>& ctx, const float* q, std::int64_t ld
                               const LatentQ8Format& f, const std::uint8_t* pages, std::int64_t page,
                               const std::int32_t* table, std::int64_t len, float scale, float* out,
                               std::int64_t out_ld) {
-    const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerQ8Split, 1, ctx.threads));
+    const int parts = static_cast<int>(
+        std::clamp<std::int64_t>(len / kMinKeysPerQ8Split, 1, std::min<std::int64_t>(ctx.threads, kMaxQ8Splits)));
     const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
     float* qbuf = f32_scratch<kScratchQuery>(q8_query_floats(f));
-    float* o = f32_scratch<kScratchSplits>(parts * (f.rank + 2) * 16);  // per split (rank, 16), then max, sum
+    // Per split (rank, 16), then max and sum (16 each), then the merge's (rank, 16).
+    float* o = f32_scratch<kScratchSplits>((parts * (f.rank + 2) + f.rank) * 16);
     float* max = o + parts * f.rank * 16;
     float* sum = max + parts * 16;
+    float* merged = sum + parts * 16;
     for (std::int64_t h0 = 0; h0 < heads; h0 += kQ8Heads) {
         const std::int64_t nh = std::min(kQ8Heads, heads - h0);
         const Q8Query qq = prepare_q8_query(q + h0 * ldq, ldq, nh, f, scale, qbuf);
@@ -86,21 +129,7 @@ inline void mla_decode_q8_seq(Context<cpu>& ctx, const float* q, std::int64_t ld
             const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
             decode_split_q8(qq, f, pages, page, table, s0, s1, o + p * f.rank * 16, max + p * 16, sum + p * 16);
         }
-        for (std::int64_t h = 0; h < nh; ++h) {
-            float m = -std::numeric_limits<float>::infinity();
-            for (int p = 0; p < parts; ++p) m = std::max(m, max[p * 16 + h]);
-            float denom = 0;
-            float* oh = out + (h0 + h) * out_ld;
-            std::fill(oh, oh + f.rank, 0.0f);
-            for (int p = 0; p < parts; ++p) {
-                if (sum[p * 16 + h] == 0) continue;  // an empty split
-                const float fp = std::exp(max[p * 16 + h] - m);
-                denom += fp * sum[p * 16 + h];
-                const float* op = o + p * f.rank * 16;
-                for (std::int64_t w = 0; w < f.rank; ++w) oh[q8_channel_of(w)] += fp * op[w * 16 + h];
-            }
-            for (std::int64_t c = 0; c < f.rank; ++c) oh[c] /= denom;
-        }
+        merge_q8_splits(parts, f.rank, nh, o, max, sum, merged, out + h0 * out_ld, out_ld);
     }
 }
 #endif

@@ -77,7 +77,7 @@ DSV2_AVX512_VNNI inline void q8_score_block8(const std::uint8_t* const* rows, co
         for (auto& a : acc) a = _mm512_setzero_si512();
         const std::int64_t c0 = g * g_len;
         for (std::int64_t c = c0; c < c0 + g_len; c += 4) {
-            pf.step();
+            if (c % 8 == 0) pf.step();  // with the value loop's steps, every line of the next tile
             const __m512i qv = _mm512_loadu_si512(q.q8 + c * 16);
             for (int k = 0; k < 8; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(load_i32(rows[k] + c)), qv);
         }
@@ -126,10 +126,12 @@ inline std::int64_t q8_channel_of(std::int64_t w) {
 // O[w] (16 heads) = corr · O[w] + sp · Σ_t4 P4[t4] · V4[t4][w] for the 16
 // regrouped words w in [w0, w0 + 16), from n4 words of 4 rows.
 DSV2_AVX512_VNNI inline void q8_value_block16(const std::int32_t* p4, const std::int32_t* v4, std::int64_t ldv,
-                                              std::int64_t n4, __m512 sp, __m512 corr, float* o) {
+                                              std::int64_t n4, __m512 sp, __m512 corr, float* o,
+                                              RowPrefetcher<std::uint8_t>& pf) {
     __m512i acc[16];
     for (auto& a : acc) a = _mm512_setzero_si512();
     for (std::int64_t t = 0; t < n4; ++t) {
+        pf.step();
         const __m512i pv = _mm512_loadu_si512(p4 + t * 16);
         const std::int32_t* vt = v4 + t * ldv;
         for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], pv, _mm512_set1_epi32(vt[i]));
@@ -216,7 +218,7 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
         for (std::int64_t w = 0; w < rank; w += 16) {
             const std::int64_t g = w / f.group;  // a 64-lane stretch lies in one group
             q8_value_block16(p4 + g * kQ8Tile / 4 * 16, v4 + w, rank, n4, _mm512_loadu_ps(sp + g * 16), corr,
-                             o + w * 16);
+                             o + w * 16, pf);
         }
     }
     _mm512_storeu_ps(max, m);

@@ -89,17 +89,21 @@ TEST_CASE("dsv2 generate --tokens reproduces the reference's greedy ids", "[cli]
     }
 }
 
-TEST_CASE("dsv2 logits and generate run with --dtype int8", "[cli][int8]") {
-    // Accuracy is tests/test_int8.cpp's; here: the flag reaches the int8
-    // model, whose logits are close to the reference and not identical to it.
+namespace {
+
+// `dsv2 logits <flags>` on the case's first prompt, then `dsv2 generate
+// <flags>` on it: the output must name `says` and the logits must be close
+// to the reference (within `bound` of the largest) but not equal to it
+// (above `floor` of it), so the flags reached a rounding model.
+void check_rounded_run(const Case& c, const std::string& flags, const std::string& says, double bound,
+                       double floor) {
     const TempDir tmp;
-    const Case c("tiny_lite");
     const auto prompt = first_prompt(c);
-    const auto out = tmp.path() / "int8.npy";
+    const auto out = tmp.path() / "logits.npy";
     const Run r = run("logits --model " + c.dir.string() + " --tokens " + ids_csv(prompt) + " --out " + out.string() +
-                      " --dtype int8 --threads 2");
+                      " " + flags + " --threads 2");
     REQUIRE(r.status == 0);
-    CHECK_THAT(r.output, Catch::Contains("dtype int8"));
+    CHECK_THAT(r.output, Catch::Contains(says));
     const auto actual = read_npy(out).as<double>();
     const auto expected = c.f64("logits");
     double largest = 0, worst = 0;
@@ -108,39 +112,25 @@ TEST_CASE("dsv2 logits and generate run with --dtype int8", "[cli][int8]") {
         worst = std::max(worst, std::abs(actual[i] - expected[i]));
     }
     INFO("max abs error " << worst << ", largest logit " << largest);
-    CHECK(worst <= 0.06 * largest);
-    CHECK(worst > 1e-6 * largest);
-    const Run g = run("generate --model " + c.dir.string() + " --tokens " + ids_csv(prompt) +
-                      " --max-new-tokens 3 --dtype int8 --threads 2");
+    CHECK(worst <= bound * largest);
+    CHECK(worst > floor * largest);
+    const Run g = run("generate --model " + c.dir.string() + " --tokens " + ids_csv(prompt) + " --max-new-tokens 3 " +
+                      flags + " --threads 2");
     REQUIRE(g.status == 0);
     CHECK_THAT(g.output, Catch::Contains("ids: "));
 }
 
+}  // namespace
+
+TEST_CASE("dsv2 logits and generate run with --dtype int8", "[cli][int8]") {
+    // Accuracy is tests/test_int8.cpp's; here: the flag reaches the int8 model.
+    check_rounded_run(Case("tiny_lite"), "--dtype int8", "dtype int8", 0.06, 1e-6);
+}
+
 TEST_CASE("dsv2 logits, generate and bench run with --cache int8", "[cli][latent_q8]") {
     // Accuracy is tests/test_latent_q8.cpp's; here: the flag reaches an int8
-    // latent cache, whose logits are close to the reference, not equal.
-    const TempDir tmp;
-    const Case c("tiny_v2");
-    const auto prompt = first_prompt(c);
-    const auto out = tmp.path() / "q8cache.npy";
-    const Run r = run("logits --model " + c.dir.string() + " --tokens " + ids_csv(prompt) + " --out " + out.string() +
-                      " --cache int8 --threads 2");
-    REQUIRE(r.status == 0);
-    CHECK_THAT(r.output, Catch::Contains("int8 cache"));
-    const auto actual = read_npy(out).as<double>();
-    const auto expected = c.f64("logits");
-    double largest = 0, worst = 0;
-    for (std::size_t i = 0; i < actual.size(); ++i) {
-        largest = std::max(largest, std::abs(expected[i]));
-        worst = std::max(worst, std::abs(actual[i] - expected[i]));
-    }
-    INFO("max abs error " << worst << ", largest logit " << largest);
-    CHECK(worst <= 0.1 * largest);
-    CHECK(worst > 1e-5 * largest);
-    const Run g = run("generate --model " + c.dir.string() + " --tokens " + ids_csv(prompt) +
-                      " --max-new-tokens 3 --cache int8 --threads 2");
-    REQUIRE(g.status == 0);
-    CHECK_THAT(g.output, Catch::Contains("ids: "));
+    // latent cache.
+    check_rounded_run(Case("tiny_v2"), "--cache int8", "int8 cache", 0.1, 1e-5);
     // The tiny preset: 3 layers of 32 int8 lanes, one f32 scale and 16 bf16
     // rope lanes (68 bytes; 96 in bf16).
     const Run b = run("bench --preset tiny --cache int8 --prompt 8 --gen 4 --depth 20 --reps 1 --threads 2 --json");

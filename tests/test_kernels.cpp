@@ -9,6 +9,8 @@
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
+#include "mla_reference.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,35 +46,6 @@ void require_close(const std::vector<float>& a, const std::vector<double>& e, do
     REQUIRE(worst <= tol);
 }
 
-
-// out[h, c] of one sequence in double: softmax(scale q Kᵀ) V over its first
-// `len` cached rows, read through the block table (pages of `page` rows of w).
-template <class T>
-std::vector<double> mla_reference(const std::vector<T>& pv, const float* q, std::int64_t ldq,
-                                  const std::vector<std::int32_t>& table, std::int64_t page, std::int64_t heads,
-                                  std::int64_t rank, std::int64_t w, std::int64_t len, double scale) {
-    std::vector<double> want;
-    for (std::int64_t h = 0; h < heads; ++h) {
-        std::vector<double> s(static_cast<std::size_t>(len));
-        double mx = -1e300;
-        for (std::int64_t j = 0; j < len; ++j) {
-            const T* row = pv.data() + (table[j / page] * page + j % page) * w;
-            double dot = 0;
-            for (std::int64_t c = 0; c < w; ++c) dot += double(q[h * ldq + c]) * dsv2::convert<double>(row[c]);
-            s[j] = scale * dot;
-            mx = std::max(mx, s[j]);
-        }
-        double den = 0;
-        for (auto& e : s) den += (e = std::exp(e - mx));
-        for (std::int64_t c = 0; c < rank; ++c) {
-            double acc = 0;
-            for (std::int64_t j = 0; j < len; ++j)
-                acc += s[j] * dsv2::convert<double>(pv[(table[j / page] * page + j % page) * w + c]);
-            want.push_back(acc / den);
-        }
-    }
-    return want;
-}
 
 }  // namespace
 
@@ -305,7 +278,7 @@ TEMPLATE_TEST_CASE("paged MLA decode equals attention over the gathered rows", "
                 dsv2::Tensor<float, cpu, 3> got({1, heads, rank});
                 dsv2::mla_decode(ctx, q, pages, tables, {len}, 0.3, got.view());
 
-                const auto want = mla_reference(pv, qv.data(), w, table, page, heads, rank, w, len, 0.3);
+                const auto want = dsv2::test::mla_reference(pv, qv.data(), w, table, page, heads, rank, w, len, 0.3);
                 require_close(std::vector<float>(got.data(), got.data() + got.numel()), want, 2e-5);
             }
         }
@@ -345,6 +318,7 @@ TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered r
                                      dsv2::View<const T, cpu, 3>(pv.data(), {n_pages, page, w}),
                                      dsv2::View<const std::int32_t, cpu, 2>(table.data(), {2, blocks}), lens, scale,
                                      got.view());
+                    using dsv2::test::mla_reference;
                     auto want = mla_reference(pv, qv.data(), w, t0, page, heads, rank, w, lens[0], scale);
                     const auto want1 = mla_reference(pv, qv.data() + heads * w, w, t1, page, heads, rank, w, lens[1],
                                                      scale);

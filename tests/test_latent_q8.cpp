@@ -5,6 +5,7 @@
 #include <dsv2/dsv2.hpp>
 
 #include "fixtures.hpp"
+#include "mla_reference.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -24,32 +25,6 @@ std::vector<float> normal(std::size_t n, std::uint32_t seed, float sigma = 1.0f)
     std::vector<float> v(n);
     for (auto& e : v) e = d(rng);
     return v;
-}
-
-// out[h, c] in double over the first len rows (f32 rows of w lanes, paged).
-std::vector<double> attention_reference(const std::vector<float>& rows, const float* q, std::int64_t heads,
-                                        std::int64_t rank, std::int64_t w, const std::vector<std::int32_t>& table,
-                                        std::int64_t page, std::int64_t len, double scale) {
-    std::vector<double> want;
-    const auto row = [&](std::int64_t j) { return rows.data() + (table[j / page] * page + j % page) * w; };
-    for (std::int64_t h = 0; h < heads; ++h) {
-        std::vector<double> s(static_cast<std::size_t>(len));
-        double mx = -1e300;
-        for (std::int64_t j = 0; j < len; ++j) {
-            double dot = 0;
-            for (std::int64_t c = 0; c < w; ++c) dot += double(q[h * w + c]) * row(j)[c];
-            s[j] = scale * dot;
-            mx = std::max(mx, s[j]);
-        }
-        double den = 0;
-        for (auto& e : s) den += (e = std::exp(e - mx));
-        for (std::int64_t c = 0; c < rank; ++c) {
-            double acc = 0;
-            for (std::int64_t j = 0; j < len; ++j) acc += s[j] * row(j)[c];
-            want.push_back(acc / den);
-        }
-    }
-    return want;
 }
 
 // max |a - e| / (1 + |e|).
@@ -142,7 +117,7 @@ TEST_CASE("paged MLA decode of an int8 cache equals attention over the dequantiz
                                         dsv2::View<const std::uint8_t, cpu, 3>(pages.data(), {n_pages, page, f.row_bytes()}),
                                         dsv2::View<const std::int32_t, cpu, 2>(table.data(), {1, blocks}), {len}, scale,
                                         got.view());
-                    const auto want = attention_reference(deq, qv.data(), heads, rank, w, table, page, len, scale);
+                    const auto want = dsv2::test::mla_reference(deq, qv.data(), w, table, page, heads, rank, w, len, scale);
                     const double err = worst_error(got.data(), want);
                     INFO("worst relative error " << err);
                     REQUIRE(err <= tol);

@@ -155,34 +155,14 @@ namespace {
 std::vector<double> model_logits(dsv2::Context<cpu>& ctx, const dsv2::Model<float, cpu>& model,
                                  const std::vector<std::vector<std::int32_t>>& toks, dsv2::LatentFormat format,
                                  bool token_by_token) {
-    const std::int64_t v = model.config.vocab_size;
     auto session = model.new_session(ctx, std::ssize(toks) * model.config.max_position_embeddings,
                                      std::ssize(toks) + 1, 8, format);
     std::vector<std::int64_t> ids;
     for (std::size_t s = 0; s < toks.size(); ++s) ids.push_back(session.cache.add_sequence());
-    if (!token_by_token) {
-        std::vector<dsv2::SequenceTokens> batch;
-        for (std::size_t s = 0; s < toks.size(); ++s) batch.push_back({ids[s], toks[s]});
-        return dsv2::test::to_f64(model.forward(ctx, session, batch, dsv2::Logits::all));
-    }
-    std::vector<std::vector<double>> per_seq(toks.size());
-    for (std::size_t pos = 0;; ++pos) {
-        std::vector<dsv2::SequenceTokens> batch;
-        std::vector<std::size_t> which;
-        for (std::size_t s = 0; s < toks.size(); ++s) {
-            if (pos >= toks[s].size()) continue;
-            batch.push_back({ids[s], std::span<const std::int32_t>(toks[s]).subspan(pos, 1)});
-            which.push_back(s);
-        }
-        if (batch.empty()) break;
-        const auto logits = dsv2::test::to_f64(model.forward(ctx, session, batch, dsv2::Logits::last));
-        for (std::size_t i = 0; i < which.size(); ++i)
-            per_seq[which[i]].insert(per_seq[which[i]].end(), logits.begin() + static_cast<std::int64_t>(i) * v,
-                                     logits.begin() + static_cast<std::int64_t>(i + 1) * v);
-    }
-    std::vector<double> out;
-    for (const auto& r : per_seq) out.insert(out.end(), r.begin(), r.end());
-    return out;
+    if (token_by_token) return dsv2::test::logits_token_by_token(ctx, model, session, ids, toks);
+    std::vector<dsv2::SequenceTokens> batch;
+    for (std::size_t s = 0; s < toks.size(); ++s) batch.push_back({ids[s], toks[s]});
+    return dsv2::test::to_f64(model.forward(ctx, session, batch, dsv2::Logits::all));
 }
 
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {

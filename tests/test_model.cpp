@@ -178,23 +178,7 @@ TEMPLATE_TEST_CASE("Decoding a whole prompt one token per step equals one prefil
         // All unfinished sequences advance one token per step, in one batch.
         auto inc = session_for(ctx, model, b);
         const auto ids = add_sequences(inc, toks.size());
-        std::vector<std::int64_t> begin(toks.size(), 0);
-        for (std::size_t s = 1; s < toks.size(); ++s) begin[s] = begin[s - 1] + std::ssize(toks[s - 1]);
-        std::vector<double> stepped(prefill.size(), std::numeric_limits<double>::quiet_NaN());
-        for (std::size_t pos = 0;; ++pos) {
-            std::vector<SequenceTokens> batch;
-            std::vector<std::size_t> which;
-            for (std::size_t s = 0; s < toks.size(); ++s) {
-                if (pos >= toks[s].size()) continue;
-                batch.push_back({ids[s], std::span<const std::int32_t>(toks[s]).subspan(pos, 1)});
-                which.push_back(s);
-            }
-            if (batch.empty()) break;
-            const auto logits = to_f64(model.forward(ctx, inc, batch, Logits::last));
-            for (std::size_t i = 0; i < which.size(); ++i)
-                std::copy_n(logits.begin() + static_cast<std::int64_t>(i) * v, v,
-                            stepped.begin() + (begin[which[i]] + static_cast<std::int64_t>(pos)) * v);
-        }
+        const auto stepped = logits_token_by_token(ctx, model, inc, ids, toks);
         const std::int64_t n = std::ssize(prefill) / v;
         compare(name + "/logits token by token vs prefill", DTypeTraits<TestType>::name, stepped, prefill, {n, v},
                 cached_rounding_tolerance<TestType>());

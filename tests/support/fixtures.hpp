@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 
 #ifndef DSV2_TEST_DATA
@@ -103,6 +104,35 @@ void load_component(CpuCtx& ctx, Module& m, const Case& c, const std::string& pr
     LoadOptions opt;
     opt.allow_unexpected = true;
     load_weights(ctx, m, c.checkpoint(), opt, prefix);
+}
+
+// Logits of every prompt token when all unfinished sequences advance one
+// token per step, in one batch (the decode path); rows in the order of one
+// prefill of all prompts (sequence after sequence).
+template <class Model, class Session>
+std::vector<double> logits_token_by_token(CpuCtx& ctx, const Model& model, Session& session,
+                                          const std::vector<std::int64_t>& ids,
+                                          const std::vector<std::vector<std::int32_t>>& toks) {
+    const std::int64_t v = model.config.vocab_size;
+    std::vector<std::int64_t> begin(toks.size(), 0);
+    for (std::size_t s = 1; s < toks.size(); ++s) begin[s] = begin[s - 1] + std::ssize(toks[s - 1]);
+    std::vector<double> stepped(static_cast<std::size_t>((begin.back() + std::ssize(toks.back())) * v),
+                                std::numeric_limits<double>::quiet_NaN());
+    for (std::size_t pos = 0;; ++pos) {
+        std::vector<SequenceTokens> batch;
+        std::vector<std::size_t> which;
+        for (std::size_t s = 0; s < toks.size(); ++s) {
+            if (pos >= toks[s].size()) continue;
+            batch.push_back({ids[s], std::span<const std::int32_t>(toks[s]).subspan(pos, 1)});
+            which.push_back(s);
+        }
+        if (batch.empty()) break;
+        const auto logits = to_f64(model.forward(ctx, session, batch, Logits::last));
+        for (std::size_t i = 0; i < which.size(); ++i)
+            std::copy_n(logits.begin() + static_cast<std::int64_t>(i) * v, v,
+                        stepped.begin() + (begin[which[i]] + static_cast<std::int64_t>(pos)) * v);
+    }
+    return stepped;
 }
 
 }  // namespace dsv2::test

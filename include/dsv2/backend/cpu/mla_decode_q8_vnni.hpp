@@ -79,7 +79,8 @@ DSV2_AVX512_VNNI inline void q8_score_block8(const std::uint8_t* const* rows, co
         for (std::int64_t c = c0; c < c0 + g_len; c += 4) {
             if (c % 8 == 0) pf.step();  // with the value loop's steps, every line of the next tile
             const __m512i qv = _mm512_loadu_si512(q.q8 + c * 16);
-            for (int k = 0; k < 8; ++k) acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(load_i32(rows[k] + c)), qv);
+            for (int k = 0; k < 8; ++k)
+                acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(load_i32(rows[k] + c)), qv);
         }
         const __m512i off = _mm512_loadu_si512(q.offset + g * 16);
         const __m512 sq = _mm512_loadu_ps(q.scale + g * 16);
@@ -138,8 +139,15 @@ DSV2_AVX512_VNNI inline void q8_value_block16(const std::int32_t* p4, const std:
     }
     for (int i = 0; i < 16; ++i) {
         float* oi = o + i * 16;
-        _mm512_storeu_ps(oi, _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, acc[i]), sp, _mm512_mul_ps(_mm512_loadu_ps(oi), corr)));
+        const __m512 scaled = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xffff, acc[i]), sp);
+        _mm512_storeu_ps(oi, _mm512_fmadd_ps(_mm512_loadu_ps(oi), corr, scaled));
     }
+}
+
+// The probabilities of row t (16 heads, at p + 16 t) times its scale of group g.
+DSV2_AVX512 inline __m512 q8_weighted(const float* p, const std::uint8_t* const* rows, const LatentQ8Format& f,
+                                      std::int64_t t, std::int64_t g) {
+    return _mm512_mul_ps(_mm512_loadu_ps(p + t * 16), _mm512_set1_ps(f.scale(rows[t], g)));
 }
 
 // The softmax state of one split of rows [s0, s1) for one head block: o
@@ -179,7 +187,8 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
         const std::int64_t n = n_next, n8 = (n + 7) / 8 * 8, n4 = (n + 3) / 4;
         n_next = row_pointers(j + kQ8Tile, next);
         pf.start(next, n_next, rb);
-        for (std::int64_t t = 0; t < n8; ++t) q8_widen_rope(here[t] + f.rope_offset(), f.rope, rope_rows + t * f.rope);
+        for (std::int64_t t = 0; t < n8; ++t)
+            q8_widen_rope(here[t] + f.rope_offset(), f.rope, rope_rows + t * f.rope);
         for (std::int64_t k = 0; k < n8; k += 8) q8_score_block8(here + k, f, q, rope_rows + k * f.rope, s + k * 16, pf);
         // Online softmax, heads in lanes; the padding rows get probability 0.
         __m512 mt = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
@@ -197,17 +206,16 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
         // P · (row scale of the group) to 0..255 per head and group, 4 rows to a word.
         for (std::int64_t g = 0; g < groups; ++g) {
             __m512 pmax = _mm512_setzero_ps();
-            for (std::int64_t t = 0; t < n; ++t)
-                pmax = _mm512_maskz_max_ps(0xffff, pmax, _mm512_mul_ps(_mm512_loadu_ps(s + t * 16), _mm512_set1_ps(f.scale(here[t], g))));
+            for (std::int64_t t = 0; t < n; ++t) pmax = _mm512_maskz_max_ps(0xffff, pmax, q8_weighted(s, here, f, t, g));
             const __mmask16 live = _mm512_cmp_ps_mask(pmax, _mm512_setzero_ps(), _CMP_GT_OQ);
             const __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(255.0f), pmax);
             _mm512_storeu_ps(sp + g * 16, _mm512_mul_ps(pmax, _mm512_set1_ps(1.0f / 255.0f)));
             for (std::int64_t t4 = 0; t4 < n4; ++t4) {
                 __m512i word = _mm512_setzero_si512();
                 for (int i = 0; i < 4; ++i) {
-                    const std::int64_t t = 4 * t4 + i;
-                    const __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + t * 16), _mm512_set1_ps(f.scale(here[t], g))), inv);
-                    const __m512i b = _mm512_maskz_min_epi32(0xffff, _mm512_maskz_max_epi32(0xffff, _mm512_maskz_cvtps_epi32(0xffff, x), _mm512_setzero_si512()), _mm512_set1_epi32(255));
+                    const __m512i x = _mm512_maskz_cvtps_epi32(0xffff, _mm512_mul_ps(q8_weighted(s, here, f, 4 * t4 + i, g), inv));
+                    const __m512i b = _mm512_maskz_min_epi32(
+                        0xffff, _mm512_maskz_max_epi32(0xffff, x, _mm512_setzero_si512()), _mm512_set1_epi32(255));
                     word = _mm512_or_si512(word, _mm512_maskz_slli_epi32(0xffff, b, 8 * i));
                 }
                 _mm512_storeu_si512(p4 + (g * kQ8Tile / 4 + t4) * 16, word);

@@ -140,7 +140,7 @@ struct MLA {
         View<A, B, 3> k_pe(latent.data + rank, {n, 1, rope}, {latent.stride[0], rope, 1});  // (N, 1, Dr)
         Rotary<T, B>::apply(ctx, step.cos, step.sin, k_pe);
         if (cache.int8()) {
-            write_int8(cview(latent), step.slots, cache, layer);
+            write_int8(ws, cview(latent), step.slots, cache, layer);
         } else {
             cache_write(ctx, cview(latent), step.slots, cache.layer(layer));
         }
@@ -165,20 +165,20 @@ private:
 
     // The latent rows into an int8 cache (CPU only: the cache refuses int8
     // on other backends).
-    void write_int8(View<const A, B, 2> latent, View<const std::int64_t, B, 1> slots, Cache& cache,
-                    std::int64_t layer) const {
+    void write_int8(Workspace<B>& ws, View<const A, B, 2> latent, View<const std::int64_t, B, 1> slots,
+                    Cache& cache, std::int64_t layer) const {
         if constexpr (std::is_same_v<B, cpu>) {
             const LatentQ8Format& f = cache.int8_format();
             auto pages = cache.q8_layer(layer);
             const std::int64_t capacity = pages.shape[0] * pages.shape[1];
-            std::vector<float> row(static_cast<std::size_t>(f.width()));
+            float* row = ws.template take<float>(std::array{f.width()}).data;  // one row in f32
             for (std::int64_t i = 0; i < latent.shape[0]; ++i) {
                 const std::int64_t slot = slots.data[i * slots.stride[0]];
                 DSV2_CHECK(slot >= 0 && slot < capacity, RangeError, "mla: cache slot {} outside 0..{}", slot,
                            capacity - 1);
                 for (std::int64_t c = 0; c < f.width(); ++c)
-                    row[static_cast<std::size_t>(c)] = static_cast<float>(latent.data[i * latent.stride[0] + c * latent.stride[1]]);
-                quantize_latent_row(f, row.data(), pages.data + slot * f.row_bytes());
+                    row[c] = static_cast<float>(latent.data[i * latent.stride[0] + c * latent.stride[1]]);
+                quantize_latent_row(f, row, pages.data + slot * f.row_bytes());
             }
         } else {
             DSV2_FAIL(Unsupported, "mla: an int8 latent cache on a backend without its kernels");

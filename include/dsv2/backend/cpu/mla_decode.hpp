@@ -38,6 +38,22 @@ namespace cpu_detail {
 // Rows per tile: one default cache page (64 rows x 576 x 4 bytes = 144 KiB).
 inline constexpr std::int64_t kDecodeTile = 64;
 
+// Keys per split when `len` keys are split `parts` ways: a whole number of
+// pages, so a split's tiles never share a page with its neighbour's.
+inline std::int64_t page_aligned_chunk(std::int64_t len, int parts, std::int64_t page) {
+    return ((len + parts - 1) / parts + page - 1) / page * page;
+}
+
+// Every page the first `len` rows of sequence `b` use lies in [0, n_pages).
+inline void check_block_table(const char* op, std::int64_t b, const std::int32_t* table, std::int64_t len,
+                              std::int64_t page, std::int64_t n_pages) {
+    for (std::int64_t p = 0; p * page < len; ++p) {
+        DSV2_CHECK(table[p] >= 0 && table[p] < n_pages, RangeError,
+                   "{}: sequence {}, block table entry {} is page {}, outside the cache's pages [0, {})", op, b, p,
+                   table[p], n_pages);
+    }
+}
+
 // The running softmax state of one split: max and sum per head, and the
 // unnormalised output.
 struct DecodePartial {
@@ -45,9 +61,9 @@ struct DecodePartial {
     std::vector<float> max, sum;  // (H)
 };
 
-// Keys [s0, s1) of one sequence into `part`; load_rows(j, keys) widens the
-// rows from position j on into keys (at most kDecodeTile, not past s1 or the
-// end of j's page) and returns how many it wrote.
+// Keys [s0, s1) of one sequence into `part`; load_rows(j, n, keys) widens
+// the rows from position j on into keys (at most n, and not past the end of
+// j's page) and returns how many it wrote.
 template <class LoadRows>
 void decode_split_rows(const float* q, std::int64_t qs, std::int64_t heads, std::int64_t w, std::int64_t rank,
                        std::int64_t s0, std::int64_t s1, float scale, DecodePartial& part, LoadRows&& load_rows) {
@@ -58,7 +74,7 @@ void decode_split_rows(const float* q, std::int64_t qs, std::int64_t heads, std:
     part.sum.assign(static_cast<std::size_t>(heads), 0.0f);
     RowMat<float> keys(kDecodeTile, w), scores(heads, kDecodeTile);
     for (std::int64_t j = s0; j < s1;) {
-        const std::int64_t len = load_rows(j, keys.data());
+        const std::int64_t len = load_rows(j, std::min(kDecodeTile, s1 - j), keys.data());
         const auto k = keys.topRows(len);
         auto s = scores.leftCols(len);
         s.noalias() = (qm * k.transpose()) * scale;
@@ -75,19 +91,6 @@ void decode_split_rows(const float* q, std::int64_t qs, std::int64_t heads, std:
         part.o.noalias() += s * k.leftCols(rank);
         j += len;
     }
-}
-
-// The rows of a cache of T, widened in place.
-template <class T>
-void decode_split(const float* q, std::int64_t qs, std::int64_t heads, const T* pages, std::int64_t page,
-                  const std::int32_t* table, std::int64_t w, std::int64_t rank, std::int64_t s0, std::int64_t s1,
-                  float scale, DecodePartial& part) {
-    decode_split_rows(q, qs, heads, w, rank, s0, s1, scale, part, [&](std::int64_t j, float* keys) {
-        // A tile never crosses a page: its rows are contiguous in memory.
-        const std::int64_t in_page = j % page, len = std::min({kDecodeTile, s1 - j, page - in_page});
-        widen_f32(pages + (static_cast<std::int64_t>(table[j / page]) * page + in_page) * w, keys, len * w);
-        return len;
-    });
 }
 
 // Merges the splits' softmax states into out (H, C), one head at a time.
@@ -107,6 +110,24 @@ inline void merge_partials(const std::vector<DecodePartial>& partial, std::int64
         }
         for (std::int64_t c = 0; c < rank; ++c) o[c] /= denom;
     }
+}
+
+// One sequence of `len` keys on the Eigen path: splits of at least
+// kMinKeysPerSplit keys, page-aligned, merged into out (H, C). load_rows is
+// decode_split_rows' loader.
+template <class LoadRows>
+void decode_sequence_rows(Context<cpu>& ctx, const float* q, std::int64_t ldq, std::int64_t heads, std::int64_t w,
+                          std::int64_t rank, std::int64_t len, std::int64_t page, float scale, float* out,
+                          std::int64_t out_ld, const LoadRows& load_rows) {
+    const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerSplit, 1, ctx.threads));
+    const std::int64_t chunk = page_aligned_chunk(len, parts, page);
+    std::vector<DecodePartial> partial(static_cast<std::size_t>(parts));
+#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
+    for (int p = 0; p < parts; ++p) {
+        const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
+        decode_split_rows(q, ldq, heads, w, rank, s0, s1, scale, partial[static_cast<std::size_t>(p)], load_rows);
+    }
+    merge_partials(partial, heads, rank, out, out_ld);
 }
 
 #if DSV2_X86_KERNELS
@@ -143,7 +164,7 @@ inline void mla_decode_bf16_seq(Context<cpu>& ctx, const float* q, std::int64_t 
                                 std::int64_t out_ld) {
     const std::int64_t wp = (w + 31) / 32 * 32, rp = (rank + 31) / 32 * 32;
     const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerFastSplit, 1, ctx.threads));
-    const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
+    const std::int64_t chunk = page_aligned_chunk(len, parts, page);
     // Scratch of the calling thread, kept across calls: 64-byte aligned (the
     // score kernel loads whole lines of the query) and no page faults per step.
     float* qp = f32_scratch<kScratchQuery>(heads * wp);
@@ -182,11 +203,7 @@ void mla_decode(Context<cpu>& ctx,
     for (std::int64_t b = 0; b < batch; ++b) {
         const std::int64_t len = lengths[static_cast<std::size_t>(b)];
         const std::int32_t* table = block_tables.data + b * block_tables.stride[0];
-        for (std::int64_t p = 0; p * page < len; ++p) {
-            DSV2_CHECK(table[p] >= 0 && table[p] < pages.shape[0], RangeError,
-                       "mla_decode: sequence {}, block table entry {} is page {}, outside the cache's pages [0, {})", b,
-                       p, table[p], pages.shape[0]);
-        }
+        check_block_table("mla_decode", b, table, len, page, pages.shape[0]);
 #if DSV2_X86_KERNELS
         if constexpr (std::is_same_v<T, bf16>) {
             if (has_avx512()) {
@@ -197,18 +214,16 @@ void mla_decode(Context<cpu>& ctx,
             }
         }
 #endif
-        // Splits of at least kMinKeysPerSplit keys, page-aligned.
-        const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerSplit, 1, ctx.threads));
-        const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
-        std::vector<DecodePartial> partial(static_cast<std::size_t>(parts));
-        const float* qb = q.data + b * q.stride[0];
-#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
-        for (int p = 0; p < parts; ++p) {
-            const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
-            decode_split(qb, q.stride[1], heads, pages.data, page, table, w, rank, s0, s1, static_cast<float>(scale),
-                         partial[static_cast<std::size_t>(p)]);
-        }
-        merge_partials(partial, heads, rank, out.data + b * out.stride[0], out.stride[1]);
+        // The rows widened in place; a tile never crosses a page, so its rows
+        // are contiguous in memory.
+        decode_sequence_rows(ctx, q.data + b * q.stride[0], q.stride[1], heads, w, rank, len, page,
+                             static_cast<float>(scale), out.data + b * out.stride[0], out.stride[1],
+                             [&](std::int64_t j, std::int64_t n, float* keys) {
+                                 const std::int64_t in_page = j % page, rows = std::min(n, page - in_page);
+                                 widen_f32(pages.data + (static_cast<std::int64_t>(table[j / page]) * page + in_page) * w,
+                                           keys, rows * w);
+                                 return rows;
+                             });
     }
 }
 

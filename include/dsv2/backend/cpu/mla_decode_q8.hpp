@@ -114,7 +114,7 @@ inline void mla_decode_q8_seq(Context<cpu>& ctx, const float* q, std::int64_t ld
                               std::int64_t out_ld) {
     const int parts = static_cast<int>(
         std::clamp<std::int64_t>(len / kMinKeysPerQ8Split, 1, std::min<std::int64_t>(ctx.threads, kMaxQ8Splits)));
-    const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
+    const std::int64_t chunk = page_aligned_chunk(len, parts, page);
     float* qbuf = f32_scratch<kScratchQuery>(q8_query_floats(f));
     // Per split (rank, 16), then max and sum (16 each), then the merge's (rank, 16).
     float* o = f32_scratch<kScratchSplits>((parts * (f.rank + 2) + f.rank) * 16);
@@ -149,26 +149,16 @@ inline void mla_decode_q8(Context<cpu>& ctx,
 {
     using namespace cpu_detail;
     const std::int64_t batch = q.shape[0], heads = q.shape[1], w = q.shape[2], rank = out.shape[2];
-    DSV2_CHECK(rank < w && out.shape[0] == batch && out.shape[1] == heads && std::ssize(lengths) == batch &&
-                   block_tables.shape[0] == batch && pages.contiguous() && q.stride[2] == 1 && out.stride[2] == 1 &&
-                   block_tables.stride[1] == 1,
-               ShapeError, "mla_decode_q8: q {}, pages {}, tables {}, {} lengths, out {}", shape_str(q.shape),
-               shape_str(pages.shape), shape_str(block_tables.shape), lengths.size(), shape_str(out.shape));
     const LatentQ8Format f = LatentQ8Format::make(rank, w - rank);
     DSV2_CHECK(pages.shape[2] == f.row_bytes(), ShapeError,
                "mla_decode_q8: pages {}: a row of rank {} and rope {} is {} bytes, the pages hold {}",
                shape_str(pages.shape), rank, w - rank, f.row_bytes(), pages.shape[2]);
+    check_paged_decode("mla_decode_q8", q, pages, f.row_bytes(), block_tables, lengths, out);
     const std::int64_t page = pages.shape[1];
     for (std::int64_t b = 0; b < batch; ++b) {
         const std::int64_t len = lengths[static_cast<std::size_t>(b)];
-        DSV2_CHECK(len >= 1 && len <= block_tables.shape[1] * page, RangeError,
-                   "mla_decode_q8: length {} outside 1..{}", len, block_tables.shape[1] * page);
         const std::int32_t* table = block_tables.data + b * block_tables.stride[0];
-        for (std::int64_t p = 0; p * page < len; ++p) {
-            DSV2_CHECK(table[p] >= 0 && table[p] < pages.shape[0], RangeError,
-                       "mla_decode_q8: sequence {}, block table entry {} is page {}, outside the cache's pages [0, {})",
-                       b, p, table[p], pages.shape[0]);
-        }
+        check_block_table("mla_decode_q8", b, table, len, page, pages.shape[0]);
         const float* qb = q.data + b * q.stride[0];
         float* ob = out.data + b * out.stride[0];
 #if DSV2_X86_KERNELS
@@ -178,25 +168,17 @@ inline void mla_decode_q8(Context<cpu>& ctx,
             continue;
         }
 #endif
-        const int parts = static_cast<int>(std::clamp<std::int64_t>(len / kMinKeysPerSplit, 1, ctx.threads));
-        const std::int64_t chunk = ((len + parts - 1) / parts + page - 1) / page * page;
-        std::vector<DecodePartial> partial(static_cast<std::size_t>(parts));
-#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
-        for (int p = 0; p < parts; ++p) {
-            const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
-            decode_split_rows(qb, q.stride[1], heads, w, rank, s0, s1, static_cast<float>(scale),
-                              partial[static_cast<std::size_t>(p)], [&](std::int64_t j, float* keys) {
-                                  const std::int64_t in_page = j % page,
-                                                     n = std::min({kDecodeTile, s1 - j, page - in_page});
-                                  const std::uint8_t* src =
-                                      pages.data + (static_cast<std::int64_t>(table[j / page]) * page + in_page) *
-                                                       f.row_bytes();
-                                  for (std::int64_t i = 0; i < n; ++i)
-                                      dequantize_latent_row(f, src + i * f.row_bytes(), keys + i * w);
-                                  return n;
-                              });
-        }
-        merge_partials(partial, heads, rank, ob, out.stride[1]);
+        // The rows dequantized, a tile at a time.
+        decode_sequence_rows(ctx, qb, q.stride[1], heads, w, rank, len, page, static_cast<float>(scale), ob,
+                             out.stride[1], [&](std::int64_t j, std::int64_t n, float* keys) {
+                                 const std::int64_t in_page = j % page, rows = std::min(n, page - in_page);
+                                 const std::uint8_t* src =
+                                     pages.data + (static_cast<std::int64_t>(table[j / page]) * page + in_page) *
+                                                      f.row_bytes();
+                                 for (std::int64_t i = 0; i < rows; ++i)
+                                     dequantize_latent_row(f, src + i * f.row_bytes(), keys + i * w);
+                                 return rows;
+                             });
     }
 }
 

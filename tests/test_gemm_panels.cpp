@@ -114,6 +114,10 @@ TEMPLATE_TEST_CASE("prefill GEMM equals the exact product of f32 activations and
     // Enough rows that K goes in blocks (608 padded rows: blocks of 416).
     REQUIRE(dsv2::cpu_detail::k_block(600, 1000) < 1000);
     worst = std::max(worst, check_shape<T>(ctx, 600, 1000, 13, scaled));
+    // K wider than a widened weight tile (kTileK columns): blocks even for few rows.
+    constexpr std::int64_t wide = dsv2::cpu_detail::kTileK + 300;
+    REQUIRE(dsv2::cpu_detail::k_block(19, wide) == dsv2::cpu_detail::kTileK);
+    worst = std::max(worst, check_shape<T>(ctx, 19, wide, 30, scaled));
     REQUIRE(worst <= 1.0);
     std::printf("gemm_panels<%s>: worst error %.3f of the f32 summation bound\n",
                 type_name<T>(), worst);

@@ -331,7 +331,7 @@ TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered r
 }
 
 #if DSV2_X86_KERNELS
-// The prefetch of the next tile's rows (mla_decode_avx512.hpp) names every
+// The prefetch of the next rows (prefetch.hpp) names every
 // cache line of every row, rows at any alignment, and no byte outside them.
 TEST_CASE("the MLA decode row prefetcher covers each row's lines and stays inside the rows", "[kernels]") {
     std::vector<dsv2::bf16> buffer(4096);

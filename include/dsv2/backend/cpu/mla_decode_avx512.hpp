@@ -26,6 +26,7 @@
 #pragma once
 
 #include "dsv2/backend/cpu/gemv.hpp"
+#include "dsv2/backend/cpu/prefetch.hpp"
 #include "dsv2/backend/cpu/scratch.hpp"
 
 #include <algorithm>
@@ -108,40 +109,6 @@ DSV2_AVX512 inline void widen_rows(const bf16* const* rows, std::int64_t n, std:
         }
     }
 }
-
-// The next tile's rows, asked for into L2 a cache line at a time from inside
-// the product loops (one line per four of their steps), so that reading them
-// from memory overlaps this tile's arithmetic instead of stalling the next
-// widen_rows. (In bursts, or left to the hardware prefetchers, which stop at
-// every 4 KiB page, the reads did not overlap: docs/benchmarks.md.)
-template <class Row>
-struct RowPrefetcher {
-    const Row* const* rows = nullptr;
-    std::int64_t n = 0, row = 0, line = 0, lines_per_row = 0, row_bytes = 0;
-
-    void start(const Row* const* next_rows, std::int64_t next_n, std::int64_t w) {  // rows of w elements
-        rows = next_rows;
-        n = next_n;
-        row = line = 0;
-        row_bytes = w * static_cast<std::int64_t>(sizeof(Row));
-        lines_per_row = (row_bytes + 63) / 64 + 1;  // rows need not start on a line
-    }
-    // The address the next step asks for, null once every row is asked for.
-    // The last step of a row names its last byte: addresses stay inside the row.
-    const char* address() const {
-        if (row == n) return nullptr;
-        return reinterpret_cast<const char*>(rows[row]) + std::min(line * 64, row_bytes - 1);
-    }
-    void step() {
-        const char* p = address();
-        if (!p) return;
-        _mm_prefetch(p, _MM_HINT_T1);
-        if (++line == lines_per_row) {
-            line = 0;
-            ++row;
-        }
-    }
-};
 
 // s[h * lds + k] = q[h * ldq : +wp] · kb[k * wp : +wp] for MH heads × NK keys,
 // both permuted and zero-padded to wp lanes.

@@ -156,14 +156,16 @@ DSV2_AVX512 inline void add_tile(const float* tile, std::int64_t ld, std::int64_
 
 // Activation rows [0, min(rows, 16)) of x (k columns) into one panel:
 // panel[p * 16 + t] = x[t, p], zero for t ≥ rows; 16 x 16 blocks transposed.
-DSV2_AVX512 inline void pack_panel(const float* x, std::int64_t ldx, std::int64_t rows, std::int64_t k, float* panel) {
+DSV2_AVX512 inline void pack_panel(const float* x, std::int64_t ldx, std::int64_t rows, std::int64_t k,
+                                   float* panel) {
     __m512 v[16];
     for (std::int64_t p = 0; p < k; p += 16) {
         const __mmask16 m = lanes_mask(k - p);
         for (std::int64_t t = 0; t < 16; ++t)
             v[t] = t < rows ? _mm512_maskz_loadu_ps(m, x + t * ldx + p) : _mm512_setzero_ps();
         transpose16(v);
-        for (std::int64_t q = 0; q < std::min<std::int64_t>(16, k - p); ++q) _mm512_store_ps(panel + (p + q) * kPanelRows, v[q]);
+        for (std::int64_t q = 0; q < std::min<std::int64_t>(16, k - p); ++q)
+            _mm512_store_ps(panel + (p + q) * kPanelRows, v[q]);
     }
 }
 
@@ -236,7 +238,8 @@ bool try_gemm_panels(Context<cpu>& ctx, const float* x, std::int64_t ldx, std::i
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #pragma omp for schedule(static)
-        for (std::int64_t c = 0; c < n_panels; ++c) pack_panel(x + c * kPanelRows * ldx, ldx, n - c * kPanelRows, k, panels + c * panel_stride);
+        for (std::int64_t c = 0; c < n_panels; ++c)
+            pack_panel(x + c * kPanelRows * ldx, ldx, n - c * kPanelRows, k, panels + c * panel_stride);
         float* buffer = f32_scratch<kScratchWeightTile>(kTileWeights * kTileLd);
 #pragma omp for schedule(dynamic, 1)
         for (std::int64_t b = 0; b < blocks; ++b)

@@ -331,9 +331,9 @@ TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered r
 }
 
 #if DSV2_X86_KERNELS
-// The prefetch of the next rows (prefetch.hpp) names every
-// cache line of every row, rows at any alignment, and no byte outside them.
-TEST_CASE("the MLA decode row prefetcher covers each row's lines and stays inside the rows", "[kernels]") {
+// The row prefetcher (prefetch.hpp; MLA decode and the prefill GEMM) names
+// every cache line of every row, rows at any alignment, and no byte outside them.
+TEST_CASE("the row prefetcher covers each row's lines and stays inside the rows", "[kernels]") {
     std::vector<dsv2::bf16> buffer(4096);
     for (std::int64_t w : {1, 9, 32, 33, 576}) {
         for (std::int64_t offset : {0, 1, 7, 31}) {  // in bf16 elements: rows on and off line boundaries

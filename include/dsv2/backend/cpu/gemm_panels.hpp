@@ -191,9 +191,10 @@ DSV2_AVX512 void gemm_panels_rows(const float* panels, std::int64_t n, std::int6
             // The next tile: the next rows of this block, else the first rows of the next block.
             const bool more_rows = r + kTileWeights < r1;
             const std::int64_t next_r = more_rows ? r + kTileWeights : r0, next_k0 = more_rows ? k0 : k0 + kc;
-            const std::int64_t next_n = next_k0 < k ? std::min(kTileWeights, r1 - next_r) : 0;
+            const std::int64_t next_kc = std::clamp<std::int64_t>(k - next_k0, 0, block);
+            const std::int64_t next_n = next_kc > 0 ? std::min(kTileWeights, r1 - next_r) : 0;
             for (std::int64_t i = 0; i < next_n; ++i) next_rows[i] = w + (next_r + i) * ldw + next_k0;
-            pf.next.start(next_rows, next_n, next_k0 < k ? std::min(block, k - next_k0) : 0);
+            pf.next.start(next_rows, next_n, next_kc);
             for (std::int64_t c = 0; c < n_panels; c += 2) {
                 const int width = n_panels - c >= 2 ? 2 : 1;
                 const float* pc = panels + c * panel_stride + k0 * kPanelRows;

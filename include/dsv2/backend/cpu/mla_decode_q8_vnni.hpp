@@ -22,6 +22,7 @@
 
 #include "dsv2/backend/cpu/gemv_q8.hpp"
 #include "dsv2/backend/cpu/mla_decode_avx512.hpp"
+#include "dsv2/backend/cpu/prefetch.hpp"
 #include "dsv2/backend/cpu/scratch.hpp"
 #include "dsv2/core/latent_q8.hpp"
 

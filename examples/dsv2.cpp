@@ -28,7 +28,7 @@ struct Common {
     std::string model = DSV2_DEFAULT_MODEL;
     std::string dtype = "f32";
     std::string backend = "cpu";
-    std::string cache = "dense";
+    std::string cache = "auto";
     int threads = 0;
 };
 
@@ -56,7 +56,7 @@ dsv2::Model<T, dsv2::cpu> load(dsv2::Context<dsv2::cpu>& ctx, const std::string&
 void check_backend(const Common& c) {
     DSV2_CHECK(c.dtype != "int8" || c.backend == "cpu", dsv2::Unsupported,
                "--dtype int8 with --backend {}: int8 weights run on the cpu backend only so far", c.backend);
-    DSV2_CHECK(c.cache == "dense" || c.backend == "cpu", dsv2::Unsupported,
+    DSV2_CHECK(c.cache != "int8" || c.backend == "cpu", dsv2::Unsupported,
                "--cache {} with --backend {}: the int8 latent cache runs on the cpu backend only so far", c.cache,
                c.backend);
 #ifdef DSV2_WITH_CUDA
@@ -77,6 +77,12 @@ int with_dtype(const std::string& dtype, F&& f) {
     if (dtype == "f16") return f.template operator()<dsv2::f16>();
     if (dtype == "int8") return f.template operator()<dsv2::q8>();
     DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f64, f32, bf16, f16 or int8", dtype);
+}
+
+// --cache as the model of weight type T resolves it (auto: int8 rows for int8 weights).
+template <class T>
+dsv2::LatentFormat cache_format(const Common& c) {
+    return dsv2::resolve_latent_format<T, dsv2::cpu>(dsv2::parse_latent_format(c.cache));
 }
 
 std::string human_bytes(double b) {
@@ -140,14 +146,14 @@ int cmd_logits(const Common& c, const std::string& tokens_text, const std::strin
     return with_dtype(c.dtype, [&]<class T>() {
         dsv2::Context<dsv2::cpu> ctx(c.threads);
         const auto model = load<T>(ctx, c.model);
-        auto session = model.new_session(ctx, std::ssize(tokens), 1, 64, dsv2::parse_latent_format(c.cache));
+        auto session = model.new_session(ctx, std::ssize(tokens), 1, 64, cache_format<T>(c));
         const dsv2::SequenceTokens seq{session.cache.add_sequence(), tokens};
         const auto logits = model.forward(ctx, session, std::span(&seq, 1), dsv2::Logits::all);
         std::vector<float> values(static_cast<std::size_t>(logits.numel()));
         for (std::int64_t i = 0; i < logits.numel(); ++i) values[static_cast<std::size_t>(i)] = static_cast<float>(logits.data[i]);
         dsv2::write_npy<float>(out, values, {logits.shape[0], logits.shape[1]});
         fmt::print("wrote {}: float32 logits of shape [{}, {}] ({} prefill, dtype {}, {} cache)\n", out, logits.shape[0],
-                   logits.shape[1], tokens.size(), c.dtype, c.cache);
+                   logits.shape[1], tokens.size(), c.dtype, dsv2::latent_format_name(cache_format<T>(c)));
         return 0;
     });
 }
@@ -183,7 +189,7 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
         opt.sampling = g.sampling;
         if (model.config.eos_token_id) opt.eos = static_cast<std::int32_t>(*model.config.eos_token_id);
         auto session =
-            model.new_session(ctx, std::ssize(prompt) + g.max_new_tokens, 1, 64, dsv2::parse_latent_format(c.cache));
+            model.new_session(ctx, std::ssize(prompt) + g.max_new_tokens, 1, 64, cache_format<T>(c));
         const auto result = dsv2::generate(ctx, model, session, {prompt}, opt, [&](std::size_t, std::int32_t id) {
             if (text_io && g.tokens.empty()) {
                 if (id < 256) std::fputc(id, stdout);
@@ -196,9 +202,11 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
         if (!g.tokens.empty()) fmt::print("ids: {}\n", fmt::join(result.tokens[0], ","));
         std::fflush(stdout);  // the summary goes to stderr: keep it after the text
         auto rate = [](std::int64_t n, double s) { return s > 0 ? static_cast<double>(n) / s : 0.0; };
-        fmt::print(stderr, "prefill {} tokens at {:.1f} tok/s; decode {} tokens at {:.1f} tok/s; cache {} ({} per token)\n",
+        fmt::print(stderr,
+                   "prefill {} tokens at {:.1f} tok/s; decode {} tokens at {:.1f} tok/s; {} cache {} ({} per token)\n",
                    result.prefill_tokens, rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,
-                   rate(result.decode_tokens, result.decode_seconds), human_bytes(static_cast<double>(result.cache_bytes)),
+                   rate(result.decode_tokens, result.decode_seconds), dsv2::latent_format_name(cache_format<T>(c)),
+                   human_bytes(static_cast<double>(result.cache_bytes)),
                    human_bytes(static_cast<double>(session.cache.bytes_per_token())));
         return 0;
     });
@@ -215,13 +223,16 @@ int main(int argc, char** argv) {
             ->capture_default_str();
     };
     auto add_run = [&](CLI::App* sub) {
-        sub->add_option("--dtype", common.dtype, "weight and cache type: f64, f32, bf16, f16, or int8 (int8 linear weights, bf16 cache; cpu only)")->capture_default_str();
+        sub->add_option("--dtype", common.dtype,
+                        "weight and cache type: f64, f32, bf16, f16, or int8 (int8 linear weights; see --cache; cpu "
+                        "only)")
+            ->capture_default_str();
         sub->add_option("--backend", common.backend, "cpu, or cuda when built with DSV2_ENABLE_CUDA")->capture_default_str();
         sub->add_option("--threads", common.threads, "CPU threads (0: all)")->capture_default_str();
         sub->add_option("--cache", common.cache,
-                        "latent cache: dense (the dtype's float type) or int8 (8-bit rows, cpu only; "
-                        "docs/usage.md)")
-            ->check(CLI::IsMember({"dense", "int8"}))
+                        "latent cache: auto (int8 for --dtype int8, else dense), dense (the dtype's float type; "
+                        "bf16 for int8) or int8 (8-bit rows, cpu only; docs/usage.md)")
+            ->check(CLI::IsMember({"auto", "dense", "int8"}))
             ->capture_default_str();
     };
 

@@ -27,7 +27,7 @@
 namespace dsv2_bench {
 
 struct Args {
-    std::string model, preset = "v2-lite", dtype = "bf16", cache = "dense";
+    std::string model, preset = "v2-lite", dtype = "bf16", cache = "auto";
     std::int64_t layers = 0, prompt = 512, gen = 64, depth = 0, batch = 1;
     int threads = 0, reps = 3;
     bool json = false, table1 = false;
@@ -39,10 +39,12 @@ inline void add_options(CLI::App* sub, Args& a) {
         ->capture_default_str()
         ->excludes(model);
     sub->add_option("--layers", a.layers, "keep the first N decoder layers (0: all)")->capture_default_str();
-    sub->add_option("--dtype", a.dtype, "weight and cache type: f32, bf16, f16, or int8 (int8 linear weights, bf16 cache)")
+    sub->add_option("--dtype", a.dtype, "weight and cache type: f32, bf16, f16, or int8 (int8 linear weights; see --cache)")
         ->capture_default_str();
-    sub->add_option("--cache", a.cache, "latent cache: dense (the weights' float type; bf16 for int8) or int8 (CPU, VNNI)")
-        ->check(CLI::IsMember({"dense", "int8"}))
+    sub->add_option("--cache", a.cache,
+                    "latent cache: auto (int8 for int8 weights, else dense), dense (the weights' float type; bf16 "
+                    "for int8) or int8 (8-bit rows, CPU)")
+        ->check(CLI::IsMember({"auto", "dense", "int8"}))
         ->capture_default_str();
     sub->add_option("--prompt", a.prompt, "prefill tokens per sequence (0: skip)")->capture_default_str();
     sub->add_option("--gen", a.gen, "decode steps (0: skip)")->capture_default_str();
@@ -137,7 +139,9 @@ int run(const Args& a) {
     const auto bw = dsv2::measure_bandwidth(ctx.threads);
 
     const std::int64_t per_seq = a.depth + std::max(a.prompt, a.gen);
-    auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, dsv2::parse_latent_format(a.cache));
+    const auto format = dsv2::resolve_latent_format<T, dsv2::cpu>(dsv2::parse_latent_format(a.cache));
+    const char* cache_name = dsv2::latent_format_name(format);
+    auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, format);
     std::vector<std::int64_t> seqs;
     for (std::int64_t b = 0; b < a.batch; ++b) seqs.push_back(session.cache.add_sequence());
     std::mt19937 rng(7);
@@ -196,13 +200,13 @@ int run(const Args& a) {
             "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
             "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
             "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
-            name, a.dtype, a.cache, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
+            name, a.dtype, cache_name, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
             tg_rate, decode_bytes, weight_bytes, cache_bytes, bw.bytes_per_s / 1e9, roofline, rss, resident, kv_per_token,
             build_s);
         return 0;
     }
     fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} threads, batch {}, built in {:.1f} s\n", name,
-               cfg.num_hidden_layers, a.dtype, a.cache, ctx.threads, a.batch, build_s);
+               cfg.num_hidden_layers, a.dtype, cache_name, ctx.threads, a.batch, build_s);
     fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads, best of 4)\n", bw.bytes_per_s / 1e9, bw.threads);
     if (a.prompt > 0)
         fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, a.depth, pp_rate, a.reps);

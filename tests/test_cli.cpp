@@ -124,7 +124,34 @@ void check_rounded_run(const Case& c, const std::string& flags, const std::strin
 
 TEST_CASE("dsv2 logits and generate run with --dtype int8", "[cli][int8]") {
     // Accuracy is tests/test_int8.cpp's; here: the flag reaches the int8 model.
-    check_rounded_run(Case("tiny_lite"), "--dtype int8", "dtype int8", 0.06, 1e-6);
+    // --cache dense: the weights' rounding alone (auto would add an int8 cache).
+    check_rounded_run(Case("tiny_lite"), "--dtype int8 --cache dense", "dtype int8, dense cache", 0.06, 1e-6);
+}
+
+TEST_CASE("dsv2 picks the latent cache by the weights unless --cache says", "[cli][latent_q8]") {
+    // The tiny preset's 3 layers per token: 96 bytes a layer in bf16, 68 in
+    // int8 (32 int8 lanes, one f32 scale, 16 bf16 rope lanes).
+    struct Want {
+        std::string flags, cache;
+        int bytes;
+    };
+    const Want wants[] = {
+        {"--dtype int8", "int8", 204},
+        {"--dtype int8 --cache dense", "dense", 288},
+        {"--dtype bf16", "dense", 288},
+        {"--dtype bf16 --cache int8", "int8", 204},
+    };
+    for (const auto& w : wants) {
+        const Run b = run("bench --preset tiny " + w.flags + " --prompt 4 --gen 2 --reps 1 --threads 2 --json");
+        INFO(w.flags << "\n" << b.output);
+        REQUIRE(b.status == 0);
+        CHECK_THAT(b.output, Catch::Contains("\"cache\": \"" + w.cache + "\"") &&
+                                 Catch::Contains("\"kv_cache_bytes_per_token\": " + std::to_string(w.bytes) + ","));
+    }
+    const Run g = run("generate --model " + (data_dir() / "tiny_v2").string() + " --tokens 1,2 --max-new-tokens 1 " +
+                      "--dtype int8 --threads 2");
+    REQUIRE(g.status == 0);
+    CHECK_THAT(g.output, Catch::Contains("int8 cache"));
 }
 
 TEST_CASE("dsv2 logits, generate and bench run with --cache int8", "[cli][latent_q8]") {

@@ -35,7 +35,9 @@ template <class T>
 std::vector<double> prefill_logits(CpuCtx& ctx, const Model<T, cpu>& model, const Case& c,
                                    std::vector<RoutingRecord>* records = nullptr) {
     const auto toks = c.prompts();
-    auto session = model.new_session(ctx, 256, std::ssize(toks) + 1, 8);
+    // A dense cache: the int8 weights' error alone (an int8 model's default,
+    // LatentFormat::automatic, would add the int8 cache's).
+    auto session = model.new_session(ctx, 256, std::ssize(toks) + 1, 8, LatentFormat::dense);
     std::vector<SequenceTokens> batch;
     for (const auto& t : toks) batch.push_back({session.cache.add_sequence(), t});
     return to_f64(model.forward(ctx, session, batch, Logits::all, records));
@@ -243,7 +245,7 @@ TEST_CASE("Greedy decode of the int8 model agrees with the reference where the m
         const auto steps = c.meta.at("decode_steps").get<std::int64_t>();
         const auto golden = c.f64("decode.logits");  // (steps, B, V)
         const auto greedy = c.i64("greedy.ids");     // (B, steps)
-        auto session = model.new_session(ctx, 256, b + 1, 8);
+        auto session = model.new_session(ctx, 256, b + 1, 8, LatentFormat::dense);
         std::vector<std::int64_t> ids;
         for (std::int64_t s = 0; s < b; ++s) ids.push_back(session.cache.add_sequence());
         std::int64_t agree = 0, required = 0;

@@ -258,6 +258,31 @@ TEST_CASE("a V2-Lite-shaped model over an int8 latent cache: decode stays near p
     REQUIRE(err <= 0.01 * scale);
 }
 
+TEST_CASE("an automatic latent cache is int8 under int8 weights on the CPU and dense otherwise", "[latent_q8]") {
+    using dsv2::LatentFormat;
+    STATIC_REQUIRE(dsv2::resolve_latent_format<dsv2::q8, cpu>(LatentFormat::automatic) == LatentFormat::int8);
+    STATIC_REQUIRE(dsv2::resolve_latent_format<dsv2::bf16, cpu>(LatentFormat::automatic) == LatentFormat::dense);
+    STATIC_REQUIRE(dsv2::resolve_latent_format<float, cpu>(LatentFormat::automatic) == LatentFormat::dense);
+    STATIC_REQUIRE(dsv2::resolve_latent_format<dsv2::q8, cpu>(LatentFormat::dense) == LatentFormat::dense);
+    STATIC_REQUIRE(dsv2::resolve_latent_format<float, cpu>(LatentFormat::int8) == LatentFormat::int8);
+    REQUIRE(dsv2::parse_latent_format("auto") == LatentFormat::automatic);
+    REQUIRE_THROWS_WITH(dsv2::parse_latent_format("fp8"), Catch::Contains("expected auto, dense or int8"));
+
+    dsv2::Context<cpu> ctx(1);
+    const dsv2::Config cfg = dsv2::Config::tiny();
+    // new_session's default is automatic.
+    REQUIRE(dsv2::Model<dsv2::q8, cpu>(ctx, cfg).new_session(ctx, 64, 1, 16).cache.int8());
+    REQUIRE_FALSE(dsv2::Model<dsv2::q8, cpu>(ctx, cfg).new_session(ctx, 64, 1, 16, LatentFormat::dense).cache.int8());
+    REQUIRE_FALSE(dsv2::Model<dsv2::bf16, cpu>(ctx, cfg).new_session(ctx, 64, 1, 16).cache.int8());
+    // Attentions without a latent cache keep theirs dense rather than refuse.
+    dsv2::Model<dsv2::q8, cpu, dsv2::GQA<dsv2::q8, cpu>> gqa(ctx, cfg);
+    REQUIRE_NOTHROW(gqa.new_session(ctx, 64, 1, 16));
+    // A cache alone cannot resolve it: it does not know the weights.
+    using Cache = dsv2::LatentCache<dsv2::bf16, cpu>;
+    REQUIRE_THROWS_WITH(Cache::for_config(ctx, cfg, 64, 1, 16, LatentFormat::automatic),
+                        Catch::Contains("resolve_latent_format"));
+}
+
 TEST_CASE("an int8 cache is refused where it has no kernels", "[latent_q8][errors]") {
     dsv2::Context<cpu> ctx(1);
     dsv2::Config cfg = dsv2::Config::tiny();

@@ -25,13 +25,38 @@
 
 namespace dsv2 {
 
-// How a latent cache stores its rows: in its element type, or in 8 bits.
-enum class LatentFormat { dense, int8 };
+// How a latent cache stores its rows: in its element type, in 8 bits, or
+// `automatic`, which a model resolves by its weights (resolve_latent_format).
+enum class LatentFormat { dense, int8, automatic };
 
 inline LatentFormat parse_latent_format(std::string_view name) {
     if (name == "dense") return LatentFormat::dense;
     if (name == "int8") return LatentFormat::int8;
-    DSV2_FAIL(Unsupported, "latent cache format '{}': expected dense or int8", name);
+    if (name == "auto") return LatentFormat::automatic;
+    DSV2_FAIL(Unsupported, "latent cache format '{}': expected auto, dense or int8", name);
+}
+
+inline const char* latent_format_name(LatentFormat f) {
+    switch (f) {
+        case LatentFormat::dense: return "dense";
+        case LatentFormat::int8: return "int8";
+        case LatentFormat::automatic: return "auto";
+    }
+    return "?";
+}
+
+// `automatic` for an MLA model whose weights are T on backend B. Int8 weights
+// on the CPU get int8 rows: the weights' own rounding costs about 3 to 12 times
+// the int8 cache's logit error on the fixture models, the rows take 656 bytes
+// per token and layer instead of 1152, and decode at 4K context stays within
+// 10% of an empty one, where exact f32 products over bf16 rows cost 21-26%
+// (docs/usage.md, docs/benchmarks.md). Every other model keeps its cache in
+// its float type, as vLLM's and llama.cpp's defaults do: a float model is
+// chosen for accuracy, and quantizing its cache is the caller's call.
+template <class T, class B>
+constexpr LatentFormat resolve_latent_format(LatentFormat f) {
+    if (f != LatentFormat::automatic) return f;
+    return std::is_same_v<T, q8> && std::is_same_v<B, cpu> ? LatentFormat::int8 : LatentFormat::dense;
 }
 
 template <class T, class B>
@@ -82,6 +107,9 @@ public:
         // Written so that no sum can overflow for any max_tokens.
         const std::int64_t pages =
             std::max<std::int64_t>(1, max_tokens / page_size + (max_tokens % page_size != 0) + slack);
+        DSV2_CHECK(format != LatentFormat::automatic, Unsupported,
+                   "[cache] LatentFormat::automatic depends on the model's weights: resolve it with "
+                   "resolve_latent_format<T, B>() (Model::new_session does)");
         std::optional<LatentQ8Format> int8;
         if (format == LatentFormat::int8) int8 = LatentQ8Format::make(cfg.kv_lora_rank, cfg.qk_rope_head_dim);
         return LatentCache(ctx, cfg.num_hidden_layers, cfg.latent_dim(), page_size, pages, max_sequences, int8);

@@ -29,9 +29,10 @@ struct Session {
     Workspace<B> ws;
 
     // `format`: how MLA's latent cache stores its rows (layers/latent_cache.hpp);
-    // other attentions keep theirs dense.
+    // `automatic` is int8 rows for int8 weights on the CPU and dense rows
+    // otherwise (resolve_latent_format). Other attentions keep theirs dense.
     Session(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens, std::int64_t max_sequences = 16,
-            std::int64_t page_size = 64, LatentFormat format = LatentFormat::dense)
+            std::int64_t page_size = 64, LatentFormat format = LatentFormat::automatic)
         : cache(make_cache(ctx, cfg, max_tokens, max_sequences, page_size, format)) {}
 
 private:
@@ -39,9 +40,10 @@ private:
     static Cache make_cache(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens, std::int64_t max_sequences,
                             std::int64_t page_size, LatentFormat format) {
         if constexpr (requires { Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size, format); }) {
-            return Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size, format);
+            return Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size,
+                                     resolve_latent_format<T, B>(format));
         } else {
-            DSV2_CHECK(format == LatentFormat::dense, Unsupported,
+            DSV2_CHECK(format != LatentFormat::int8, Unsupported,
                        "session: an int8 cache is MLA's latent cache; this attention keeps a dense one");
             return Cache::for_config(ctx, cfg, max_tokens, max_sequences, page_size);
         }
@@ -94,7 +96,8 @@ public:
     }
 
     Session<T, B, Attn> new_session(Context<B>& ctx, std::int64_t max_tokens, std::int64_t max_sequences = 16,
-                                    std::int64_t page_size = 64, LatentFormat format = LatentFormat::dense) const {
+                                    std::int64_t page_size = 64,
+                                    LatentFormat format = LatentFormat::automatic) const {
         return Session<T, B, Attn>(ctx, config, max_tokens, max_sequences, page_size, format);
     }
 

@@ -136,7 +136,10 @@ int run(const Args& a) {
         dsv2::load_weights(ctx, model, ckpt, opt);
     }
     const double build_s = std::chrono::duration<double>(Clock::now() - t_build).count();
-    const auto bw = dsv2::measure_bandwidth(ctx.threads);
+    // Measured before the reps and again after each timed decode; each decode
+    // rep is compared with the mean of the probes on either side of it.
+    dsv2::TriadProbe probe(ctx.threads);
+    std::vector<double> bw{probe.measure().bytes_per_s};
 
     const std::int64_t per_seq = a.depth + std::max(a.prompt, a.gen);
     const auto format = dsv2::resolve_latent_format<T, dsv2::cpu>(dsv2::parse_latent_format(a.cache));
@@ -164,7 +167,7 @@ int run(const Args& a) {
     };
     for (std::int64_t done = 0; done < a.depth; done += 512) step(std::min<std::int64_t>(512, a.depth - done));
 
-    std::vector<double> pp, tg;
+    std::vector<double> pp, tg, tg_seconds;
     for (int r = 0; r < a.reps; ++r) {
         if (a.prompt > 0) {
             truncate_all(a.depth);
@@ -179,6 +182,7 @@ int run(const Args& a) {
             for (std::int64_t g = 1; g < a.gen; ++g) step(1);
             const double s = std::chrono::duration<double>(Clock::now() - t0).count();
             tg.push_back(static_cast<double>((a.gen - 1) * a.batch) / s);
+            bw.push_back(probe.measure(2).bytes_per_s);
         }
     }
 
@@ -189,7 +193,10 @@ int run(const Args& a) {
     const double mean_context = static_cast<double>(a.depth) + static_cast<double>(a.gen) / 2.0;
     const double cache_bytes = kv_per_token * mean_context;  // each sequence reads its own context
     const double decode_bytes = weight_bytes + cache_bytes;
-    const double roofline = tg_rate > 0 ? decode_bytes * tg_rate / bw.bytes_per_s : 0.0;
+    std::vector<double> fractions;  // each decode rep against the probes around it
+    for (std::size_t r = 0; r < tg.size(); ++r) fractions.push_back(decode_bytes * tg[r] / ((bw[r] + bw[r + 1]) / 2));
+    const double roofline = median(fractions), bw_median = median(bw);
+    const auto [bw_min, bw_max] = std::minmax_element(bw.begin(), bw.end());
     const std::int64_t rss = peak_rss_bytes();
 
     const std::string name = a.model.empty() ? a.preset : a.model;
@@ -201,21 +208,27 @@ int run(const Args& a) {
             "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
             "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
             name, a.dtype, cache_name, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
-            tg_rate, decode_bytes, weight_bytes, cache_bytes, bw.bytes_per_s / 1e9, roofline, rss, resident, kv_per_token,
+            tg_rate, decode_bytes, weight_bytes, cache_bytes, bw_median / 1e9, roofline, rss, resident, kv_per_token,
             build_s);
         return 0;
     }
     fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} threads, batch {}, built in {:.1f} s\n", name,
                cfg.num_hidden_layers, a.dtype, cache_name, ctx.threads, a.batch, build_s);
-    fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads, best of 4)\n", bw.bytes_per_s / 1e9, bw.threads);
+    if (bw.size() == 1) {
+        fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads, best of 4 passes)\n", bw_median / 1e9, ctx.threads);
+    } else {
+        fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads; median of {} probes, {:.2f}-{:.2f}, one before the reps "
+                   "and one after each decode)\n",
+                   bw_median / 1e9, ctx.threads, bw.size(), *bw_min / 1e9, *bw_max / 1e9);
+    }
     if (a.prompt > 0)
         fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, a.depth, pp_rate, a.reps);
     if (a.gen > 0) {
         fmt::print("decode     tg{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.gen, a.depth, tg_rate, a.reps);
         fmt::print("bytes/tok  {:.3f} GB = weights {:.3f} GB + latent cache {:.4f} GB\n", decode_bytes / 1e9,
                    weight_bytes / 1e9, cache_bytes / 1e9);
-        fmt::print("roofline   {:.1f}% of the measured bandwidth ({:.2f} GB/s achieved)\n", 100 * roofline,
-                   decode_bytes * tg_rate / 1e9);
+        fmt::print("roofline   {:.1f}% of the bandwidth probed around each rep (median; {:.2f} GB/s achieved)\n",
+                   100 * roofline, decode_bytes * tg_rate / 1e9);
     }
     fmt::print("memory     peak RSS {:.2f} GiB; weights {:.2f} GiB; latent cache {} bytes per token\n",
                static_cast<double>(rss) / (1 << 30), resident / (1 << 30), session.cache.bytes_per_token());

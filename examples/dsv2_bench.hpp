@@ -167,7 +167,7 @@ int run(const Args& a) {
     };
     for (std::int64_t done = 0; done < a.depth; done += 512) step(std::min<std::int64_t>(512, a.depth - done));
 
-    std::vector<double> pp, tg, tg_seconds;
+    std::vector<double> pp, tg;
     for (int r = 0; r < a.reps; ++r) {
         if (a.prompt > 0) {
             truncate_all(a.depth);

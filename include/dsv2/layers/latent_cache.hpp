@@ -48,9 +48,9 @@ inline const char* latent_format_name(LatentFormat f) {
 // `automatic` for an MLA model whose weights are T on backend B. Int8 weights
 // on the CPU get int8 rows: the weights' own rounding costs about 3 to 12 times
 // the int8 cache's logit error on the fixture models, the rows take 656 bytes
-// per token and layer instead of 1152, and decode at 4K context stays within
-// 10% of an empty one, where exact f32 products over bf16 rows cost 21-26%
-// (docs/usage.md, docs/benchmarks.md). Every other model keeps its cache in
+// per token and layer instead of 1152, and decode at 4K context came within
+// 10% of an empty one (median of alternated runs), where exact f32 products
+// over bf16 rows cost 21-26% on the Xeon (docs/usage.md, docs/benchmarks.md). Every other model keeps its cache in
 // its float type, as vLLM's and llama.cpp's defaults do: a float model is
 // chosen for accuracy, and quantizing its cache is the caller's call.
 template <class T, class B>

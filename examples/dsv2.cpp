@@ -79,12 +79,6 @@ int with_dtype(const std::string& dtype, F&& f) {
     DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f64, f32, bf16, f16 or int8", dtype);
 }
 
-// --cache as the model of weight type T resolves it (auto: int8 rows for int8 weights).
-template <class T>
-dsv2::LatentFormat cache_format(const Common& c) {
-    return dsv2::resolve_latent_format<T, dsv2::cpu>(dsv2::parse_latent_format(c.cache));
-}
-
 std::string human_bytes(double b) {
     const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
@@ -146,14 +140,14 @@ int cmd_logits(const Common& c, const std::string& tokens_text, const std::strin
     return with_dtype(c.dtype, [&]<class T>() {
         dsv2::Context<dsv2::cpu> ctx(c.threads);
         const auto model = load<T>(ctx, c.model);
-        auto session = model.new_session(ctx, std::ssize(tokens), 1, 64, cache_format<T>(c));
+        auto session = model.new_session(ctx, std::ssize(tokens), 1, 64, dsv2::parse_latent_format(c.cache));
         const dsv2::SequenceTokens seq{session.cache.add_sequence(), tokens};
         const auto logits = model.forward(ctx, session, std::span(&seq, 1), dsv2::Logits::all);
         std::vector<float> values(static_cast<std::size_t>(logits.numel()));
         for (std::int64_t i = 0; i < logits.numel(); ++i) values[static_cast<std::size_t>(i)] = static_cast<float>(logits.data[i]);
         dsv2::write_npy<float>(out, values, {logits.shape[0], logits.shape[1]});
         fmt::print("wrote {}: float32 logits of shape [{}, {}] ({} prefill, dtype {}, {} cache)\n", out, logits.shape[0],
-                   logits.shape[1], tokens.size(), c.dtype, dsv2::latent_format_name(cache_format<T>(c)));
+                   logits.shape[1], tokens.size(), c.dtype, dsv2::latent_format_name(session.cache.format()));
         return 0;
     });
 }
@@ -189,7 +183,7 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
         opt.sampling = g.sampling;
         if (model.config.eos_token_id) opt.eos = static_cast<std::int32_t>(*model.config.eos_token_id);
         auto session =
-            model.new_session(ctx, std::ssize(prompt) + g.max_new_tokens, 1, 64, cache_format<T>(c));
+            model.new_session(ctx, std::ssize(prompt) + g.max_new_tokens, 1, 64, dsv2::parse_latent_format(c.cache));
         const auto result = dsv2::generate(ctx, model, session, {prompt}, opt, [&](std::size_t, std::int32_t id) {
             if (text_io && g.tokens.empty()) {
                 if (id < 256) std::fputc(id, stdout);
@@ -205,7 +199,7 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
         fmt::print(stderr,
                    "prefill {} tokens at {:.1f} tok/s; decode {} tokens at {:.1f} tok/s; {} cache {} ({} per token)\n",
                    result.prefill_tokens, rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,
-                   rate(result.decode_tokens, result.decode_seconds), dsv2::latent_format_name(cache_format<T>(c)),
+                   rate(result.decode_tokens, result.decode_seconds), dsv2::latent_format_name(session.cache.format()),
                    human_bytes(static_cast<double>(result.cache_bytes)),
                    human_bytes(static_cast<double>(session.cache.bytes_per_token())));
         return 0;

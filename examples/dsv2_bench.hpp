@@ -142,9 +142,8 @@ int run(const Args& a) {
     std::vector<double> bw{probe.measure().bytes_per_s};
 
     const std::int64_t per_seq = a.depth + std::max(a.prompt, a.gen);
-    const auto format = dsv2::resolve_latent_format<T, dsv2::cpu>(dsv2::parse_latent_format(a.cache));
-    const char* cache_name = dsv2::latent_format_name(format);
-    auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, format);
+    auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, dsv2::parse_latent_format(a.cache));
+    const char* cache_name = dsv2::latent_format_name(session.cache.format());
     std::vector<std::int64_t> seqs;
     for (std::int64_t b = 0; b < a.batch; ++b) seqs.push_back(session.cache.add_sequence());
     std::mt19937 rng(7);

@@ -46,13 +46,14 @@ inline const char* latent_format_name(LatentFormat f) {
 }
 
 // `automatic` for an MLA model whose weights are T on backend B. Int8 weights
-// on the CPU get int8 rows: the weights' own rounding costs about 3 to 12 times
-// the int8 cache's logit error on the fixture models, the rows take 656 bytes
-// per token and layer instead of 1152, and decode at 4K context came within
-// 10% of an empty one (median of alternated runs), where exact f32 products
-// over bf16 rows cost 21-26% on the Xeon (docs/usage.md, docs/benchmarks.md). Every other model keeps its cache in
-// its float type, as vLLM's and llama.cpp's defaults do: a float model is
-// chosen for accuracy, and quantizing its cache is the caller's call.
+// on the CPU get int8 rows: the weights' own rounding costs about 3 to 12
+// times the int8 cache's logit error on the fixture models, the rows take 656
+// bytes per token and layer instead of 1152, and decode at 4K context came
+// within 10% of an empty one (median of alternated runs), where exact f32
+// products over bf16 rows cost 21-26% on the Xeon (docs/usage.md,
+// docs/benchmarks.md). Every other model keeps its cache in its float type,
+// as vLLM's and llama.cpp's defaults do: a float model is chosen for
+// accuracy, and quantizing its cache is the caller's call.
 template <class T, class B>
 constexpr LatentFormat resolve_latent_format(LatentFormat f) {
     if (f != LatentFormat::automatic) return f;
@@ -100,6 +101,9 @@ public:
     static LatentCache for_config(Context<B>& ctx, const Config& cfg, std::int64_t max_tokens,
                                   std::int64_t max_sequences = 16, std::int64_t page_size = 64,
                                   LatentFormat format = LatentFormat::dense) {
+        DSV2_CHECK(format != LatentFormat::automatic, Unsupported,
+                   "[cache] LatentFormat::automatic depends on the model's weights: resolve it with "
+                   "resolve_latent_format<T, B>() (Model::new_session does)");
         DSV2_CHECK(max_tokens >= 0 && max_tokens <= (std::int64_t{1} << 40) && page_size > 0, RangeError,
                    "[cache] max_tokens {}, page size {}: invalid (max_tokens must be 0..2^40, page size positive)",
                    max_tokens, page_size);
@@ -107,9 +111,6 @@ public:
         // Written so that no sum can overflow for any max_tokens.
         const std::int64_t pages =
             std::max<std::int64_t>(1, max_tokens / page_size + (max_tokens % page_size != 0) + slack);
-        DSV2_CHECK(format != LatentFormat::automatic, Unsupported,
-                   "[cache] LatentFormat::automatic depends on the model's weights: resolve it with "
-                   "resolve_latent_format<T, B>() (Model::new_session does)");
         std::optional<LatentQ8Format> int8;
         if (format == LatentFormat::int8) int8 = LatentQ8Format::make(cfg.kv_lora_rank, cfg.qk_rope_head_dim);
         return LatentCache(ctx, cfg.num_hidden_layers, cfg.latent_dim(), page_size, pages, max_sequences, int8);
@@ -188,6 +189,7 @@ public:
     }
     // An int8 cache's: (P, page_size, row bytes).
     bool int8() const { return q8_.has_value(); }
+    LatentFormat format() const { return q8_ ? LatentFormat::int8 : LatentFormat::dense; }
     const LatentQ8Format& int8_format() const {
         DSV2_CHECK(q8_.has_value(), Unsupported, "[cache] int8_format(): this cache stores dense rows");
         return *q8_;

@@ -92,6 +92,36 @@ TEMPLATE_TEST_CASE("GEMV kernels match a double loop on awkward shapes", "[kerne
     }
 }
 
+TEMPLATE_TEST_CASE("a GEMV kernel reads and writes only its rows of a strided matrix", "[kernels]", float, dsv2::bf16,
+                   dsv2::f16) {
+    using T = TestType;
+    // Rows [5, 38) of 41, each followed by 7 elements of padding that hold
+    // a large value: a kernel that strays past k, or outside its rows, shows.
+    // (Its prefetch cursor stays inside the same rows; ASan would see an
+    // address formed past the matrix.)
+    const std::int64_t m = 41, k = 70, ldw = k + 7, r0 = 5, r1 = 38;
+    const auto x = random_values<float>(static_cast<std::size_t>(k), 6);
+    const auto dense = random_values<T>(static_cast<std::size_t>(m * k), 7);
+    std::vector<T> w(static_cast<std::size_t>(m * ldw), dsv2::convert<T>(1000.0f));
+    for (std::int64_t r = 0; r < m; ++r) std::copy_n(dense.begin() + r * k, k, w.begin() + r * ldw);
+    std::vector<float> y(static_cast<std::size_t>(m), std::nanf(""));
+    dsv2::cpu_detail::gemv_rows(x.data(), k, 1, w.data(), ldw, k, r0, r1, y.data(), 1);
+    std::vector<float> got;
+    std::vector<double> want;
+    for (std::int64_t r = 0; r < m; ++r) {
+        INFO("row " << r);
+        if (r < r0 || r >= r1) {
+            REQUIRE(std::isnan(y[static_cast<std::size_t>(r)]));
+            continue;
+        }
+        double acc = 0;
+        for (std::int64_t j = 0; j < k; ++j) acc += double(x[j]) * dsv2::convert<double>(dense[r * k + j]);
+        got.push_back(y[static_cast<std::size_t>(r)]);
+        want.push_back(acc);
+    }
+    require_close(got, want, 1e-4 * std::sqrt(double(k)));
+}
+
 TEMPLATE_TEST_CASE("linear and matmul give the same rows on the GEMV and GEMM paths", "[kernels]", float, dsv2::bf16,
                    dsv2::f16) {
     using T = TestType;

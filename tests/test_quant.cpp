@@ -136,6 +136,37 @@ TEST_CASE("the VNNI int8 kernel stays within its fixed-point bound of the f32 in
     }
 }
 
+TEST_CASE("the VNNI int8 kernel reads only its rows of a strided matrix", "[quant]") {
+    if (!dsv2::cpu_detail::has_avx512_vnni()) {
+        WARN("no AVX-512 VNNI on this CPU: kernel not exercised");
+        return;
+    }
+    // Rows [3, 10) of 13, with 40 bytes of padding after each row that hold
+    // 127s: a kernel that strays past k or outside its rows picks them up.
+    // (The prefetch ahead of the rows is bounded the same way; ASan checks it
+    // does not form addresses past the matrix.)
+    const std::int64_t m = 13, k = 200, ldq = k + 40, r0 = 3, r1 = 10;
+    const auto w = random_matrix<float>(m, k, 0.05f, 7);
+    const auto q = dsv2::quantize(w.cview());
+    std::vector<std::int8_t> padded(static_cast<std::size_t>(m * ldq), 127);
+    for (std::int64_t r = 0; r < m; ++r)
+        std::copy_n(q.values.data() + r * k, k, padded.begin() + r * ldq);
+    const auto x = random_matrix<float>(1, k, 1.0f, 8);
+    dsv2::cpu_detail::Q8Digits digits;
+    REQUIRE(dsv2::cpu_detail::split_digits_avx512(x.data(), k, digits));
+    std::vector<float> got(static_cast<std::size_t>(m), -1.0f), dense(static_cast<std::size_t>(m));
+    dsv2::cpu_detail::gemv_rows_q8_vnni(&digits, 1, padded.data(), ldq, k, r0, r1, q.scales.data(), got.data(), m);
+    dsv2::cpu_detail::gemv_rows_q8_vnni(&digits, 1, q.values.data(), k, k, 0, m, q.scales.data(), dense.data(), m);
+    for (std::int64_t r = 0; r < m; ++r) {
+        INFO("row " << r);
+        if (r >= r0 && r < r1) {
+            REQUIRE(got[static_cast<std::size_t>(r)] == dense[static_cast<std::size_t>(r)]);
+        } else {
+            REQUIRE(got[static_cast<std::size_t>(r)] == -1.0f);  // not written
+        }
+    }
+}
+
 TEST_CASE("the vector digit split equals the scalar definition to the bit", "[quant]") {
     if (!dsv2::cpu_detail::has_avx512()) return;
     std::mt19937 rng(8);

@@ -110,65 +110,56 @@ DSV2_AVX512 inline __m512 load16(const T* p) {
     }
 }
 
-// Four weight rows at a time against each activation row: the four rows
-// (4 K elements) stay in L1/L2 while the n activation rows pass over them.
+// How far ahead of the read decode asks for weight bytes. A kernel reads its
+// rows one after another, so their bytes form one stream, and a cursor asks
+// for each line this far before the read reaches it. Rows of a few KB are
+// too short for the hardware prefetchers, which start over at every 4 KiB
+// page. On the Zen 5 VM a 100-200 MB matrix streamed as fast as a plain
+// read of its bytes with 8 KiB here: int8 74-79 GB/s against 43-54 for four
+// interleaved rows with the next four prefetched, bf16 67-78 against 56-64
+// (docs/benchmarks.md, 2026-11-29).
+inline constexpr std::int64_t kStreamAheadBytes = 8192;
+
+// The cursor over bytes [next, end) of `base`: upto(read) asks for every
+// line before read + kStreamAheadBytes (and before end) not asked for yet.
+// Offsets, not pointers, until a line is inside the range: no address past
+// the matrix is ever formed.
+struct StreamAhead {
+    const char* base;
+    std::int64_t next, end;
+    void upto(std::int64_t read) {
+        for (const std::int64_t want = std::min(end, read + kStreamAheadBytes); next < want; next += 64)
+            _mm_prefetch(base + next, _MM_HINT_T0);
+    }
+};
+
+// One weight row at a time against each activation row: the row (K
+// elements) stays in L1 while the n activation rows pass over it, and the
+// rows are read in memory order for StreamAhead. Two accumulators, even
+// and odd vectors, so that a cached row is not held up by the FMA latency.
 template <class T>
 DSV2_AVX512 void gemv_rows_avx512(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw,
                                   std::int64_t k, std::int64_t r0, std::int64_t r1, float* y, std::int64_t ldy) {
-    const std::int64_t kv = k / 16 * 16;
-    const __mmask16 tail = static_cast<__mmask16>((1u << (k - kv)) - 1u);
-    std::int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const T* w0 = w + r * ldw;
-        const T* w1 = w0 + ldw;
-        const T* w2 = w1 + ldw;
-        const T* w3 = w2 + ldw;
-        // The next four rows, prefetched a block ahead (on the first
-        // activation row only): rows of a few KB are too short for the
-        // hardware prefetcher to ramp up on its own.
-        const char* next = reinterpret_cast<const char*>(w3 + ldw);
-        const std::int64_t ld_bytes = ldw * static_cast<std::int64_t>(sizeof(T));
-        const bool prefetch = r + 8 <= r1;
+    if (r0 >= r1) return;
+    constexpr std::int64_t bytes = sizeof(T);
+    const std::int64_t k32 = k / 32 * 32;
+    StreamAhead ahead{reinterpret_cast<const char*>(w), r0 * ldw * bytes, ((r1 - 1) * ldw + k) * bytes};
+    for (std::int64_t r = r0; r < r1; ++r) {
+        const T* wr = w + r * ldw;
         for (std::int64_t i = 0; i < n; ++i) {
             const float* xi = x + i * ldx;
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-                   a3 = _mm512_setzero_ps();
-            for (std::int64_t j = 0; j < kv; j += 16) {
-                if (prefetch && i == 0 && (j * static_cast<std::int64_t>(sizeof(T))) % 64 == 0) {
-                    const char* p = next + j * static_cast<std::int64_t>(sizeof(T));
-                    _mm_prefetch(p, _MM_HINT_T0);
-                    _mm_prefetch(p + ld_bytes, _MM_HINT_T0);
-                    _mm_prefetch(p + 2 * ld_bytes, _MM_HINT_T0);
-                    _mm_prefetch(p + 3 * ld_bytes, _MM_HINT_T0);
-                }
-                const __m512 xv = _mm512_loadu_ps(xi + j);
-                a0 = _mm512_fmadd_ps(xv, load16(w0 + j), a0);
-                a1 = _mm512_fmadd_ps(xv, load16(w1 + j), a1);
-                a2 = _mm512_fmadd_ps(xv, load16(w2 + j), a2);
-                a3 = _mm512_fmadd_ps(xv, load16(w3 + j), a3);
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            std::int64_t j = 0;
+            for (; j < k32; j += 32) {
+                ahead.upto((r * ldw + j) * bytes);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + j), load16(wr + j), a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + j + 16), load16(wr + j + 16), a1);
             }
-            if (tail) {
-                const __m512 xv = _mm512_maskz_loadu_ps(tail, xi + kv);
-                a0 = _mm512_fmadd_ps(xv, load16(w0 + kv, tail), a0);
-                a1 = _mm512_fmadd_ps(xv, load16(w1 + kv, tail), a1);
-                a2 = _mm512_fmadd_ps(xv, load16(w2 + kv, tail), a2);
-                a3 = _mm512_fmadd_ps(xv, load16(w3 + kv, tail), a3);
+            for (; j < k; j += 16) {
+                const __mmask16 m = lanes_mask(k - j);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xi + j), load16(wr + j, m), a0);
             }
-            float* yi = y + i * ldy + r;
-            yi[0] = hsum(a0);
-            yi[1] = hsum(a1);
-            yi[2] = hsum(a2);
-            yi[3] = hsum(a3);
-        }
-    }
-    for (; r < r1; ++r) {
-        const T* w0 = w + r * ldw;
-        for (std::int64_t i = 0; i < n; ++i) {
-            const float* xi = x + i * ldx;
-            __m512 a0 = _mm512_setzero_ps();
-            for (std::int64_t j = 0; j < kv; j += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xi + j), load16(w0 + j), a0);
-            if (tail) a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, xi + kv), load16(w0 + kv, tail), a0);
-            y[i * ldy + r] = hsum(a0);
+            y[i * ldy + r] = hsum(_mm512_add_ps(a0, a1));
         }
     }
 }

@@ -122,64 +122,50 @@ inline bool has_avx512_vnni() {
 DSV2_AVX512_VNNI inline void gemv_rows_q8_vnni(const Q8Digits* x, std::int64_t n, const std::int8_t* q,
                                                std::int64_t ldq, std::int64_t k, std::int64_t r0, std::int64_t r1,
                                                const float* scales, float* y, std::int64_t ldy) {
+    if (r0 >= r1) return;
     const std::int64_t kv = k / 64 * 64;
     const __mmask64 tail = k > kv ? (~0ull >> (64 - (k - kv))) : 0;
     const __m512i ones = _mm512_set1_epi8(1);
-    constexpr int R = 4;  // weight rows per pass: their 4 K bytes stay in L1 across the n activation rows
-    for (std::int64_t r = r0; r < r1; r += R) {
-        const int rows = static_cast<int>(std::min<std::int64_t>(R, r1 - r));
+    StreamAhead ahead{reinterpret_cast<const char*>(q), r0 * ldq, (r1 - 1) * ldq + k};  // gemv.hpp
+    for (std::int64_t r = r0; r < r1; ++r) {
+        const std::int8_t* qr = q + r * ldq;
         for (std::int64_t i = 0; i < n; ++i) {
             const std::uint8_t* hi = x[i].hi.data();
             const std::uint8_t* lo = x[i].lo.data();
-            // Σ (h+128) q, Σ l q and Σ q per weight row; the last rides along
-            // in the same pass rather than reading the rows twice.
-            __m512i ah[R], al[R], aq[R];
-            for (int u = 0; u < R; ++u) ah[u] = al[u] = aq[u] = _mm512_setzero_si512();
-#define DSV2_Q8_STEP(u, h, l, w)                      \
-    do {                                              \
-        const __m512i w_ = (w);                       \
-        ah[u] = _mm512_dpbusd_epi32(ah[u], (h), w_);  \
-        al[u] = _mm512_dpbusd_epi32(al[u], (l), w_);  \
-        aq[u] = _mm512_dpbusd_epi32(aq[u], ones, w_); \
-    } while (0)
-            if (rows == R) {
-                const std::int8_t* q0 = q + r * ldq;
-                // The next block of rows, prefetched a block ahead: rows of a
-                // few KB are too short for the hardware prefetcher to ramp up.
-                const char* next = reinterpret_cast<const char*>(q0 + R * ldq);
-                const bool prefetch = r + 2 * R <= r1 && i == 0;
-                for (std::int64_t j = 0; j < kv; j += 64) {
-                    if (prefetch) {
-                        _mm_prefetch(next + j, _MM_HINT_T0);
-                        _mm_prefetch(next + ldq + j, _MM_HINT_T0);
-                        _mm_prefetch(next + 2 * ldq + j, _MM_HINT_T0);
-                        _mm_prefetch(next + 3 * ldq + j, _MM_HINT_T0);
-                    }
-                    const __m512i h = _mm512_loadu_si512(hi + j), l = _mm512_loadu_si512(lo + j);
-                    DSV2_Q8_STEP(0, h, l, _mm512_loadu_si512(q0 + j));
-                    DSV2_Q8_STEP(1, h, l, _mm512_loadu_si512(q0 + ldq + j));
-                    DSV2_Q8_STEP(2, h, l, _mm512_loadu_si512(q0 + 2 * ldq + j));
-                    DSV2_Q8_STEP(3, h, l, _mm512_loadu_si512(q0 + 3 * ldq + j));
-                }
-            } else {
-                for (int u = 0; u < rows; ++u) {
-                    const std::int8_t* qr = q + (r + u) * ldq;
-                    for (std::int64_t j = 0; j < kv; j += 64)
-                        DSV2_Q8_STEP(u, _mm512_loadu_si512(hi + j), _mm512_loadu_si512(lo + j), _mm512_loadu_si512(qr + j));
-                }
+            // Σ (h+128) q, Σ l q and Σ q, the last riding along in the same
+            // pass rather than reading the row twice; two sets of
+            // accumulators, even and odd lines, so that cached rows are not
+            // held up by vpdpbusd's latency.
+            __m512i ah0 = _mm512_setzero_si512(), al0 = ah0, aq0 = ah0, ah1 = ah0, al1 = ah0, aq1 = ah0;
+            std::int64_t j = 0;
+            for (; j + 128 <= kv; j += 128) {
+                ahead.upto(r * ldq + j);
+                const __m512i w0 = _mm512_loadu_si512(qr + j), w1 = _mm512_loadu_si512(qr + j + 64);
+                ah0 = _mm512_dpbusd_epi32(ah0, _mm512_loadu_si512(hi + j), w0);
+                al0 = _mm512_dpbusd_epi32(al0, _mm512_loadu_si512(lo + j), w0);
+                aq0 = _mm512_dpbusd_epi32(aq0, ones, w0);
+                ah1 = _mm512_dpbusd_epi32(ah1, _mm512_loadu_si512(hi + j + 64), w1);
+                al1 = _mm512_dpbusd_epi32(al1, _mm512_loadu_si512(lo + j + 64), w1);
+                aq1 = _mm512_dpbusd_epi32(aq1, ones, w1);
+            }
+            if (j < kv) {
+                const __m512i w = _mm512_loadu_si512(qr + j);
+                ah0 = _mm512_dpbusd_epi32(ah0, _mm512_loadu_si512(hi + j), w);
+                al0 = _mm512_dpbusd_epi32(al0, _mm512_loadu_si512(lo + j), w);
+                aq0 = _mm512_dpbusd_epi32(aq0, ones, w);
             }
             if (tail) {
-                const __m512i h = _mm512_loadu_si512(hi + kv), l = _mm512_loadu_si512(lo + kv);
-                for (int u = 0; u < rows; ++u) DSV2_Q8_STEP(u, h, l, _mm512_maskz_loadu_epi8(tail, q + (r + u) * ldq + kv));
+                const __m512i w = _mm512_maskz_loadu_epi8(tail, qr + kv);
+                ah1 = _mm512_dpbusd_epi32(ah1, _mm512_loadu_si512(hi + kv), w);
+                al1 = _mm512_dpbusd_epi32(al1, _mm512_loadu_si512(lo + kv), w);
+                aq1 = _mm512_dpbusd_epi32(aq1, ones, w);
             }
-            for (int u = 0; u < rows; ++u) {
-                // In double: 256 · Σ h q can pass 2^31 for long rows.
-                const double hs = static_cast<double>(hsum_epi32(ah[u])) -
-                                  128.0 * static_cast<double>(hsum_epi32(aq[u]));
-                const double dot = 256.0 * hs + static_cast<double>(hsum_epi32(al[u]));
-                y[i * ldy + r + u] = static_cast<float>(static_cast<double>(scales[r + u]) * x[i].scale * dot);
-            }
-#undef DSV2_Q8_STEP
+            // In double: 256 · Σ h q can pass 2^31 for long rows. (Each
+            // int32 lane holds at most k / 64 steps: see kQ8VnniMaxK.)
+            const double hs = static_cast<double>(hsum_epi32(_mm512_add_epi32(ah0, ah1))) -
+                              128.0 * static_cast<double>(hsum_epi32(_mm512_add_epi32(aq0, aq1)));
+            const double dot = 256.0 * hs + static_cast<double>(hsum_epi32(_mm512_add_epi32(al0, al1)));
+            y[i * ldy + r] = static_cast<float>(static_cast<double>(scales[r]) * x[i].scale * dot);
         }
     }
 }

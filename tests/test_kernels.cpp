@@ -5,7 +5,8 @@
 // double loop, split-context attention (flash_decode.hpp) against one-thread attention,
 // grouped products against one at a time, and the paged MLA decode kernel
 // (its Eigen path and its bf16 AVX-512 path) against a double softmax over
-// the rows in block-table order.
+// the rows in block-table order; the SwiGLU activation against libm in
+// double.
 #include <catch2/catch.hpp>
 #include <dsv2/dsv2.hpp>
 
@@ -14,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -415,3 +417,77 @@ TEST_CASE("paged MLA decode rejects a block table entry outside the cache", "[ke
                                          out.view()),
                         Catch::Contains("block table entry 1 is page 2"));
 }
+
+TEMPLATE_TEST_CASE("silu_mul matches silu(g) * u in double, in place too", "[kernels]", float, double) {
+    using A = TestType;
+    dsv2::Context<cpu> ctx(1);
+    const std::int64_t n = 2, f = 1001;  // odd: the vector loop's tail
+    dsv2::Tensor<A, cpu, 2> g({n, f}), u({n, f}), out({n, f});
+    std::mt19937 rng(9);
+    std::uniform_real_distribution<double> wide(-90.0, 90.0), unit(-1.0, 1.0);
+    for (std::int64_t i = 0; i < n * f; ++i) {
+        g.data()[i] = static_cast<A>(i % 3 == 0 ? wide(rng) : 8.0 * unit(rng));
+        u.data()[i] = static_cast<A>(unit(rng));
+    }
+    g.data()[5] = 0;
+    g.data()[6] = std::numeric_limits<A>::quiet_NaN();
+    u.data()[7] = std::numeric_limits<A>::quiet_NaN();
+    g.data()[8] = std::numeric_limits<A>::infinity();
+    dsv2::silu_mul(ctx, g.cview(), u.cview(), out.view());
+    dsv2::Tensor<A, cpu, 2> in_place({n, f});
+    std::copy_n(g.data(), n * f, in_place.data());
+    dsv2::silu_mul(ctx, in_place.cview(), u.cview(), in_place.view());
+    for (std::int64_t i = 0; i < n * f; ++i) {
+        INFO("element " << i << ", g " << g.data()[i] << ", u " << u.data()[i]);
+        REQUIRE(std::memcmp(&out.data()[i], &in_place.data()[i], sizeof(A)) == 0);
+        const double x = g.data()[i], want = x / (1.0 + std::exp(-x)) * u.data()[i];
+        if (std::isnan(want) || std::isinf(want)) {
+            REQUIRE(std::isnan(want) == std::isnan(out.data()[i]));
+            REQUIRE(std::isinf(want) == std::isinf(out.data()[i]));
+            continue;
+        }
+        // A few units in the last place of the type, relative to |g u|.
+        const double ulp = std::numeric_limits<A>::epsilon();
+        REQUIRE(std::abs(out.data()[i] - want) <= 4 * ulp * (std::abs(x * u.data()[i]) + 1e-30));
+    }
+}
+
+#if DSV2_X86_KERNELS
+namespace {
+DSV2_AVX512 void exp16(const float* x, float* y) { _mm512_storeu_ps(y, dsv2::cpu_detail::exp_avx512(_mm512_loadu_ps(x))); }
+}  // namespace
+
+TEST_CASE("the AVX-512 exp is within 2 ulp of exp in double over the f32 range", "[kernels]") {
+    if (!dsv2::cpu_detail::has_avx512()) {
+        WARN("no AVX-512 on this CPU: kernel not exercised");
+        return;
+    }
+    std::vector<float> xs;
+    for (double x = -110.0; x <= 110.0; x += 0.000731) xs.push_back(static_cast<float>(x));
+    for (float x : {0.0f, -0.0f, 1e-30f, -1e-30f, 88.72f, 88.73f, -87.3f, -103.9f}) xs.push_back(x);
+    xs.push_back(std::numeric_limits<float>::infinity());
+    xs.push_back(-std::numeric_limits<float>::infinity());
+    xs.push_back(std::numeric_limits<float>::quiet_NaN());
+    xs.resize((xs.size() + 15) / 16 * 16, 0.0f);
+    const float ulp_min = std::numeric_limits<float>::denorm_min();
+    for (std::size_t i = 0; i < xs.size(); i += 16) {
+        float got[16];
+        exp16(xs.data() + i, got);
+        for (std::size_t l = 0; l < 16; ++l) {
+            const float x = xs[i + l];
+            const double want = std::exp(static_cast<double>(x));
+            INFO("x " << x << ", got " << got[l] << ", want " << want);
+            if (std::isnan(x)) {
+                REQUIRE(std::isnan(got[l]));
+            } else if (want > std::numeric_limits<float>::max()) {
+                REQUIRE(got[l] == std::numeric_limits<float>::infinity());
+            } else if (want < std::numeric_limits<float>::min()) {
+                REQUIRE(std::abs(got[l] - want) <= 2 * ulp_min);  // subnormal: absolute steps
+            } else {
+                const double ulp = std::ldexp(1.0, std::ilogb(want) - 23);
+                REQUIRE(std::abs(got[l] - want) <= 2 * ulp);
+            }
+        }
+    }
+}
+#endif

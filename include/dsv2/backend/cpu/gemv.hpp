@@ -164,33 +164,49 @@ DSV2_AVX512 void gemv_rows_avx512(const float* x, std::int64_t ldx, std::int64_t
     }
 }
 
-// (K, M) layout: y[c0:c1] = Σ_k x[k] · w[k, c0:c1], 64 columns of
-// accumulators at a time.
+// (K, M) layout, columns [c, c + 16 V) of one activation row: V vectors of
+// accumulators over the K rows. A row of the block is a short piece of a
+// long row (W_UK of one head: 128 rows of 512 columns, 256 bytes of each
+// read per block), so nothing streams for the hardware prefetchers; the
+// block's rows are asked for kStreamAheadBytes of rows ahead (2.4x faster
+// on the Zen 5 VM than without, from DRAM).
+template <class T, int V>
+DSV2_AVX512 inline void gemv_cols_block(const float* xi, const T* w, std::int64_t ldw, std::int64_t k, std::int64_t c,
+                                        float* yi, bool prefetch) {
+    constexpr std::int64_t segment = 16 * V * static_cast<std::int64_t>(sizeof(T));  // bytes of each row
+    const std::int64_t row_bytes = ldw * static_cast<std::int64_t>(sizeof(T));
+    const std::int64_t ahead = std::clamp<std::int64_t>(kStreamAheadBytes / std::max<std::int64_t>(row_bytes, 1), 4, 64);
+    const char* base = reinterpret_cast<const char*>(w + c);
+    auto ask = [&](std::int64_t j) {
+        for (std::int64_t b = 0; b < segment; b += 64) _mm_prefetch(base + j * row_bytes + b, _MM_HINT_T0);
+    };
+    if (prefetch)
+        for (std::int64_t j = 0; j < std::min(k, ahead); ++j) ask(j);
+    __m512 acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = _mm512_setzero_ps();
+    for (std::int64_t j = 0; j < k; ++j) {
+        if (prefetch && j + ahead < k) ask(j + ahead);
+        const __m512 xv = _mm512_set1_ps(xi[j]);
+        const T* wr = w + j * ldw + c;
+        for (int v = 0; v < V; ++v) acc[v] = _mm512_fmadd_ps(xv, load16(wr + 16 * v), acc[v]);
+    }
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(yi + c + 16 * v, acc[v]);
+}
+
+// (K, M) layout: y[c0:c1] = Σ_k x[k] · w[k, c0:c1], 256 columns at a time
+// (16 vectors of accumulators), then 64, then a masked 16.
 template <class T>
 DSV2_AVX512 void gemv_cols_avx512(const float* x, std::int64_t ldx, std::int64_t n, const T* w, std::int64_t ldw,
                                   std::int64_t k, std::int64_t c0, std::int64_t c1, float* y, std::int64_t ldy) {
     for (std::int64_t i = 0; i < n; ++i) {
         const float* xi = x + i * ldx;
         float* yi = y + i * ldy;
+        const bool prefetch = i == 0;  // later rows find the block in cache
         std::int64_t c = c0;
-        for (; c + 64 <= c1; c += 64) {
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-                   a3 = _mm512_setzero_ps();
-            for (std::int64_t j = 0; j < k; ++j) {
-                const __m512 xv = _mm512_set1_ps(xi[j]);
-                const T* wr = w + j * ldw + c;
-                a0 = _mm512_fmadd_ps(xv, load16(wr), a0);
-                a1 = _mm512_fmadd_ps(xv, load16(wr + 16), a1);
-                a2 = _mm512_fmadd_ps(xv, load16(wr + 32), a2);
-                a3 = _mm512_fmadd_ps(xv, load16(wr + 48), a3);
-            }
-            _mm512_storeu_ps(yi + c, a0);
-            _mm512_storeu_ps(yi + c + 16, a1);
-            _mm512_storeu_ps(yi + c + 32, a2);
-            _mm512_storeu_ps(yi + c + 48, a3);
-        }
+        for (; c + 256 <= c1; c += 256) gemv_cols_block<T, 16>(xi, w, ldw, k, c, yi, prefetch);
+        for (; c + 64 <= c1; c += 64) gemv_cols_block<T, 4>(xi, w, ldw, k, c, yi, prefetch);
         for (; c < c1; c += 16) {
-            const __mmask16 m = c + 16 <= c1 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (c1 - c)) - 1u);
+            const __mmask16 m = lanes_mask(c1 - c);
             __m512 a0 = _mm512_setzero_ps();
             for (std::int64_t j = 0; j < k; ++j)
                 a0 = _mm512_fmadd_ps(_mm512_set1_ps(xi[j]), load16(w + j * ldw + c, m), a0);

@@ -179,20 +179,32 @@ bool all_decode(std::span<const Product<A, W, cpu>> group) {
 }
 
 // Every product of a decode group (all with at most kGemvRows activation
-// rows), y = x w^T, in one parallel region.
+// rows), y = x w^T, in one parallel region. A kernel that converts the
+// activations first (GemvKernel<W>::Prepared) does so once per product,
+// here, before the region.
 template <class W>
 void gemv_group_rows(Context<cpu>& ctx, std::span<const Product<float, W, cpu>> group) {
-    split_group(
-        ctx, group.size(), [&](std::size_t j) { return group[j].w.size(0); },
-        [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; }, 4,
-        [&](std::size_t j, std::int64_t r0, std::int64_t r1) { GemvKernel<W>::rows(group[j], r0, r1); });
+    using K = GemvKernel<W>;
+    auto extent = [&](std::size_t j) { return group[j].w.size(0); };
+    auto cost = [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; };
+    if constexpr (requires { typename K::Prepared; }) {
+        thread_local std::vector<typename K::Prepared> prepared;  // the calling thread's, reused
+        K::prepare(group, prepared);
+        const auto* ready = prepared.data();
+        split_group(ctx, group.size(), extent, cost, 1,
+                    [&](std::size_t j, std::int64_t r0, std::int64_t r1) { K::rows(group[j], ready[j], r0, r1); });
+    } else {
+        split_group(ctx, group.size(), extent, cost, 1,
+                    [&](std::size_t j, std::int64_t r0, std::int64_t r1) { K::rows(group[j], r0, r1); });
+    }
 }
-// The same for y = x w: columns are the units, 16 at a time.
+// The same for y = x w: columns are the units, 64 at a time (the width of
+// gemv_cols_avx512's smaller block).
 template <class W>
 void gemv_group_cols(Context<cpu>& ctx, std::span<const Product<float, W, cpu>> group) {
     split_group(
         ctx, group.size(), [&](std::size_t j) { return group[j].w.size(1); },
-        [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; }, 16,
+        [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; }, 64,
         [&](std::size_t j, std::int64_t c0, std::int64_t c1) { GemvKernel<W>::cols(group[j], c0, c1); });
 }
 

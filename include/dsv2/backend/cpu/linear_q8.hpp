@@ -13,6 +13,10 @@
 #include "dsv2/backend/cpu/linear.hpp"
 #include "dsv2/core/quantized.hpp"
 
+#include <array>
+#include <span>
+#include <vector>
+
 namespace dsv2 {
 
 namespace cpu_detail {
@@ -23,17 +27,40 @@ struct GemvKernel<QuantizedView<cpu>> {
     static constexpr bool available = true;
     using P = Product<float, QuantizedView<cpu>, cpu>;
     static bool readable(const QuantizedView<cpu>& w) { return w.values.rows_contiguous() && w.scales.stride[0] == 1; }
-    static void rows(const P& p, std::int64_t r0, std::int64_t r1) {
+    // The activations of every product of a group as VNNI digits, split
+    // once before the parallel region rather than once per piece (a decode
+    // group has ~17 pieces). Products that share their activations (gate
+    // and up of one expert) share their digits. null: the f32 path (no VNNI,
+    // rows too long, or a NaN or infinity in x).
+    struct Prepared {
+        const Q8Digits* digits = nullptr;
+    };
+    static void prepare(std::span<const P> group, std::vector<Prepared>& out) {
+        out.assign(group.size(), Prepared{});
 #if DSV2_X86_KERNELS
-        if (has_avx512_vnni() && p.x.shape[1] <= kQ8VnniMaxK) {
-            thread_local Q8Digits digits[kGemvRows];  // kept: decode splits rows of every product
+        if (!has_avx512_vnni()) return;
+        thread_local std::vector<std::array<Q8Digits, kGemvRows>> store;  // kept: decode prepares every step
+        if (store.size() < group.size()) store.resize(group.size());
+        for (std::size_t j = 0; j < group.size(); ++j) {
+            const auto& x = group[j].x;
+            if (x.shape[1] > kQ8VnniMaxK) continue;
+            if (j > 0 && x.data == group[j - 1].x.data && x.shape == group[j - 1].x.shape &&
+                x.stride == group[j - 1].x.stride) {
+                out[j] = out[j - 1];
+                continue;
+            }
             bool finite = true;
-            for (std::int64_t i = 0; i < p.x.shape[0] && finite; ++i)
-                finite = split_digits_avx512(p.x.data + i * p.x.stride[0], p.x.shape[1], digits[i]);
-            if (finite)
-                return gemv_rows_q8_vnni(digits, p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1],
-                                         r0, r1, p.w.scales.data, p.y.data, p.y.stride[0]);
+            for (std::int64_t i = 0; i < x.shape[0] && finite; ++i)
+                finite = split_digits_avx512(x.data + i * x.stride[0], x.shape[1], store[j][static_cast<std::size_t>(i)]);
+            if (finite) out[j].digits = store[j].data();
         }
+#endif
+    }
+    static void rows(const P& p, [[maybe_unused]] const Prepared& prepared, std::int64_t r0, std::int64_t r1) {
+#if DSV2_X86_KERNELS
+        if (prepared.digits)
+            return gemv_rows_q8_vnni(prepared.digits, p.x.shape[0], p.w.values.data, p.w.values.stride[0],
+                                     p.x.shape[1], r0, r1, p.w.scales.data, p.y.data, p.y.stride[0]);
 #endif
         gemv_rows(p.x.data, p.x.stride[0], p.x.shape[0], p.w.values.data, p.w.values.stride[0], p.x.shape[1], r0, r1,
                   p.y.data, p.y.stride[0]);

@@ -4,7 +4,7 @@
 
 #include "dsv2/backend/cpu/context.hpp"
 
-#include "dsv2/backend/cpu/gemv.hpp"  // the AVX-512 dispatch
+#include "dsv2/backend/cpu/exp16.hpp"
 
 #include <cmath>
 
@@ -37,36 +37,13 @@ void rms_norm(Context<cpu>& ctx,
 
 #if DSV2_X86_KERNELS
 namespace cpu_detail {
-// e^x for 16 lanes: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two parts,
-// so r is exact to ~2^-32), e^r by its Taylor series to r^7 (truncation
-// below 2^-27 relative), and 2^n applied by vscalefps, which saturates to
-// 0 or +inf and keeps NaN. Within 2 ulp of the correctly rounded value over
-// the whole range (tests/test_kernels.cpp). libm's scalar expf, called per
-// element, was a quarter of the serial time of an int8 decode token.
-DSV2_AVX512 inline __m512 exp_avx512(__m512 x) {
-    // Beyond ±104, e^x is 0 or +inf in f32 either way; the clamp keeps n
-    // finite. (min/max return their second operand for a NaN: it stays NaN.)
-    x = _mm512_maskz_max_ps(0xffff, _mm512_set1_ps(-104.0f), _mm512_maskz_min_ps(0xffff, _mm512_set1_ps(104.0f), x));
-    const __m512 n = _mm512_maskz_roundscale_ps(0xffff, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_scalef_ps(0xffff, p, n);
-}
-
+// libm's scalar expf, called per element, was a quarter of the serial time
+// of an int8 decode token (perf, V2-Lite-8 on the Zen 5 VM).
 DSV2_AVX512 inline void silu_mul_avx512(const float* g, const float* u, float* o, std::int64_t f) {
     for (std::int64_t j = 0; j < f; j += 16) {
         const __mmask16 m = lanes_mask(f - j);
         const __m512 gv = _mm512_maskz_loadu_ps(m, g + j), uv = _mm512_maskz_loadu_ps(m, u + j);
-        const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
         _mm512_mask_storeu_ps(o + j, m, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), uv));
     }
 }

@@ -19,12 +19,12 @@
 //   score_tile<MH, NK>  S[h, k] = q'[h] · key[k] for MH ≤ 4 heads × NK ≤ 4 keys;
 //   value_tile<MH>      O[h, c0:c0+32] = corr[h] O + Σ_j P[h, j] V[j, c0:c0+32]
 //                       for MH ≤ 8 heads;
-//   exp16               e^x for x ≤ 0, degree-7 polynomial after reducing by
-//                       ln 2, relative error a few f32 ulps.
+//   exp16 (exp16.hpp)   the softmax's e^x.
 // A tile gathers up to kFastTile row pointers through the block table, so
 // tiles do not stop at page boundaries.
 #pragma once
 
+#include "dsv2/backend/cpu/exp16.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
 #include "dsv2/backend/cpu/prefetch.hpp"
 #include "dsv2/backend/cpu/scratch.hpp"
@@ -58,24 +58,6 @@ DSV2_AVX512 inline void widen_even_odd(const bf16* p, __mmask32 m, __m512& even,
     const __m512i x = _mm512_maskz_loadu_epi16(m, p);
     even = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xffff, x, 16));
     odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-}
-
-// e^x for x ≤ 0 (x = -inf gives 0).
-DSV2_AVX512 inline __m512 exp16(__m512 x) {
-    x = _mm512_maskz_max_ps(0xffff, x, _mm512_set1_ps(-104.0f));  // e^-104 is 0 in f32
-    const __m512 n = _mm512_maskz_roundscale_ps(0xffff, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2, split in two
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);  // |r| ≤ ln 2 / 2
-    __m512 p = _mm512_set1_ps(1.0f / 5040);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_scalef_ps(0xffff, p, n);
 }
 
 // The largest lane (the zero-masked forms above dodge GCC 12's

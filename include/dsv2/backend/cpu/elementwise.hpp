@@ -3,7 +3,6 @@
 #pragma once
 
 #include "dsv2/backend/cpu/context.hpp"
-
 #include "dsv2/backend/cpu/exp16.hpp"
 
 #include <cmath>

@@ -118,6 +118,19 @@ inline bool has_avx512_vnni() {
     return ok;
 }
 
+// One weight row's integer sums against one activation row's digits:
+// Σ (h+128) q, Σ l q and Σ q, the last riding along in the same pass rather
+// than reading the row twice.
+struct Q8Sums {
+    __m512i h, l, q;
+    DSV2_AVX512_VNNI Q8Sums() : h(_mm512_setzero_si512()), l(h), q(h) {}
+    DSV2_AVX512_VNNI void add(__m512i hi, __m512i lo, __m512i w) {
+        h = _mm512_dpbusd_epi32(h, hi, w);
+        l = _mm512_dpbusd_epi32(l, lo, w);
+        q = _mm512_dpbusd_epi32(q, _mm512_set1_epi8(1), w);
+    }
+};
+
 // Rows [r0, r1) of y (n rows of activations, as digits) = s_r · x · q_rᵀ.
 DSV2_AVX512_VNNI inline void gemv_rows_q8_vnni(const Q8Digits* x, std::int64_t n, const std::int8_t* q,
                                                std::int64_t ldq, std::int64_t k, std::int64_t r0, std::int64_t r1,
@@ -125,46 +138,30 @@ DSV2_AVX512_VNNI inline void gemv_rows_q8_vnni(const Q8Digits* x, std::int64_t n
     if (r0 >= r1) return;
     const std::int64_t kv = k / 64 * 64;
     const __mmask64 tail = k > kv ? (~0ull >> (64 - (k - kv))) : 0;
-    const __m512i ones = _mm512_set1_epi8(1);
     StreamAhead ahead{reinterpret_cast<const char*>(q), r0 * ldq, (r1 - 1) * ldq + k};  // gemv.hpp
     for (std::int64_t r = r0; r < r1; ++r) {
         const std::int8_t* qr = q + r * ldq;
         for (std::int64_t i = 0; i < n; ++i) {
             const std::uint8_t* hi = x[i].hi.data();
             const std::uint8_t* lo = x[i].lo.data();
-            // Σ (h+128) q, Σ l q and Σ q, the last riding along in the same
-            // pass rather than reading the row twice; two sets of
-            // accumulators, even and odd lines, so that cached rows are not
-            // held up by vpdpbusd's latency.
-            __m512i ah0 = _mm512_setzero_si512(), al0 = ah0, aq0 = ah0, ah1 = ah0, al1 = ah0, aq1 = ah0;
+            // Two sets of sums, even and odd lines, so that cached rows are
+            // not held up by vpdpbusd's latency.
+            Q8Sums even, odd;
             std::int64_t j = 0;
             for (; j + 128 <= kv; j += 128) {
                 ahead.upto(r * ldq + j);
-                const __m512i w0 = _mm512_loadu_si512(qr + j), w1 = _mm512_loadu_si512(qr + j + 64);
-                ah0 = _mm512_dpbusd_epi32(ah0, _mm512_loadu_si512(hi + j), w0);
-                al0 = _mm512_dpbusd_epi32(al0, _mm512_loadu_si512(lo + j), w0);
-                aq0 = _mm512_dpbusd_epi32(aq0, ones, w0);
-                ah1 = _mm512_dpbusd_epi32(ah1, _mm512_loadu_si512(hi + j + 64), w1);
-                al1 = _mm512_dpbusd_epi32(al1, _mm512_loadu_si512(lo + j + 64), w1);
-                aq1 = _mm512_dpbusd_epi32(aq1, ones, w1);
+                even.add(_mm512_loadu_si512(hi + j), _mm512_loadu_si512(lo + j), _mm512_loadu_si512(qr + j));
+                odd.add(_mm512_loadu_si512(hi + j + 64), _mm512_loadu_si512(lo + j + 64),
+                        _mm512_loadu_si512(qr + j + 64));
             }
-            if (j < kv) {
-                const __m512i w = _mm512_loadu_si512(qr + j);
-                ah0 = _mm512_dpbusd_epi32(ah0, _mm512_loadu_si512(hi + j), w);
-                al0 = _mm512_dpbusd_epi32(al0, _mm512_loadu_si512(lo + j), w);
-                aq0 = _mm512_dpbusd_epi32(aq0, ones, w);
-            }
-            if (tail) {
-                const __m512i w = _mm512_maskz_loadu_epi8(tail, qr + kv);
-                ah1 = _mm512_dpbusd_epi32(ah1, _mm512_loadu_si512(hi + kv), w);
-                al1 = _mm512_dpbusd_epi32(al1, _mm512_loadu_si512(lo + kv), w);
-                aq1 = _mm512_dpbusd_epi32(aq1, ones, w);
-            }
+            if (j < kv) even.add(_mm512_loadu_si512(hi + j), _mm512_loadu_si512(lo + j), _mm512_loadu_si512(qr + j));
+            if (tail)
+                odd.add(_mm512_loadu_si512(hi + kv), _mm512_loadu_si512(lo + kv), _mm512_maskz_loadu_epi8(tail, qr + kv));
             // In double: 256 · Σ h q can pass 2^31 for long rows. (Each
             // int32 lane holds at most k / 64 steps: see kQ8VnniMaxK.)
-            const double hs = static_cast<double>(hsum_epi32(_mm512_add_epi32(ah0, ah1))) -
-                              128.0 * static_cast<double>(hsum_epi32(_mm512_add_epi32(aq0, aq1)));
-            const double dot = 256.0 * hs + static_cast<double>(hsum_epi32(_mm512_add_epi32(al0, al1)));
+            const double hs = static_cast<double>(hsum_epi32(_mm512_add_epi32(even.h, odd.h))) -
+                              128.0 * static_cast<double>(hsum_epi32(_mm512_add_epi32(even.q, odd.q)));
+            const double dot = 256.0 * hs + static_cast<double>(hsum_epi32(_mm512_add_epi32(even.l, odd.l)));
             y[i * ldy + r] = static_cast<float>(static_cast<double>(scales[r]) * x[i].scale * dot);
         }
     }

@@ -147,9 +147,10 @@ void split_group(Context<cpu>& ctx, std::size_t count, Extent&& extent, Cost&& c
     for (std::int64_t i = 0; i < n_pieces; ++i) f(piece[i].product, piece[i].begin, piece[i].end);
 }
 
-// The decode kernels for a weight view type W: rows(p, r0, r1) computes
-// output features [r0, r1) of y = x w^T, cols(p, c0, c1) columns [c0, c1) of
-// y = x w. Weight types without kernels use the GEMM path. (A class template,
+// The decode kernels for a weight view type W: prepare(group, out) converts
+// each product's activations once (a Prepared per product), rows(p,
+// prepared, r0, r1) computes output features [r0, r1) of y = x w^T, and
+// cols(p, c0, c1) columns [c0, c1) of y = x w. Weight types without kernels use the GEMM path. (A class template,
 // so that other headers — linear_q8.hpp — can add weight types.)
 template <class W>
 struct GemvKernel {
@@ -160,7 +161,9 @@ struct GemvKernel<View<const T, cpu, 2>> {
     static constexpr bool available = gemv_weight_v<T>;
     using P = Product<float, View<const T, cpu, 2>, cpu>;
     static bool readable(const View<const T, cpu, 2>& w) { return w.rows_contiguous(); }
-    static void rows(const P& p, std::int64_t r0, std::int64_t r1) {
+    struct Prepared {};  // the kernels read the f32 activations as they are
+    static void prepare(std::span<const P> group, std::vector<Prepared>& out) { out.resize(group.size()); }
+    static void rows(const P& p, const Prepared&, std::int64_t r0, std::int64_t r1) {
         gemv_rows(p.x.data, p.x.stride[0], p.x.shape[0], p.w.data, p.w.stride[0], p.x.shape[1], r0, r1, p.y.data,
                   p.y.stride[0]);
     }
@@ -179,24 +182,19 @@ bool all_decode(std::span<const Product<A, W, cpu>> group) {
 }
 
 // Every product of a decode group (all with at most kGemvRows activation
-// rows), y = x w^T, in one parallel region. A kernel that converts the
-// activations first (GemvKernel<W>::Prepared) does so once per product,
-// here, before the region.
+// rows), y = x w^T, in one parallel region. Each kernel converts the
+// activations it needs (GemvKernel<W>::prepare: the int8 kernel's digits)
+// once per product, here, before the region; pieces are single rows.
 template <class W>
 void gemv_group_rows(Context<cpu>& ctx, std::span<const Product<float, W, cpu>> group) {
     using K = GemvKernel<W>;
-    auto extent = [&](std::size_t j) { return group[j].w.size(0); };
-    auto cost = [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; };
-    if constexpr (requires { typename K::Prepared; }) {
-        thread_local std::vector<typename K::Prepared> prepared;  // the calling thread's, reused
-        K::prepare(group, prepared);
-        const auto* ready = prepared.data();
-        split_group(ctx, group.size(), extent, cost, 1,
-                    [&](std::size_t j, std::int64_t r0, std::int64_t r1) { K::rows(group[j], ready[j], r0, r1); });
-    } else {
-        split_group(ctx, group.size(), extent, cost, 1,
-                    [&](std::size_t j, std::int64_t r0, std::int64_t r1) { K::rows(group[j], r0, r1); });
-    }
+    thread_local std::vector<typename K::Prepared> prepared;  // the calling thread's, reused
+    K::prepare(group, prepared);
+    const auto* ready = prepared.data();
+    split_group(
+        ctx, group.size(), [&](std::size_t j) { return group[j].w.size(0); },
+        [&](std::size_t j) { return group[j].x.shape[0] * group[j].x.shape[1]; }, 1,
+        [&](std::size_t j, std::int64_t r0, std::int64_t r1) { K::rows(group[j], ready[j], r0, r1); });
 }
 // The same for y = x w: columns are the units, 64 at a time (the width of
 // gemv_cols_avx512's smaller block).

@@ -75,12 +75,19 @@ TEST_CASE("an int8 latent row reads back within half a step of every lane", "[la
 }
 
 // The VNNI path (rank a multiple of 64 on an AVX-512 VNNI CPU) rounds q and P
-// to 8 bits; the others are exact over the dequantized rows. Shapes around
-// its 16-head blocks (20 heads: two), 8-row score blocks, 4-row value words
-// and 128-row tiles, and the 512 keys per thread before a split.
+// to 8 bits (and q's rope lanes to bf16 where it uses vdpbf16ps: run with and
+// without); the others are exact over the dequantized rows. Shapes around its
+// 16-head blocks (20 heads: two), 8-row score blocks, 4-row value words and
+// 128-row tiles, the 512 keys per thread before a split, and an odd rope
+// (no bf16 pairs).
 TEST_CASE("paged MLA decode of an int8 cache equals attention over the dequantized rows", "[latent_q8]") {
     struct Shape { std::int64_t heads, rank, rope; };
-    for (const Shape sh : {Shape{1, 32, 8}, Shape{3, 64, 16}, Shape{16, 512, 64}, Shape{20, 128, 8}, Shape{5, 36, 4}}) {
+    const bool bf16_rope = GENERATE(true, false);
+#if DSV2_X86_KERNELS
+    dsv2::cpu_detail::q8_bf16_rope_allowed = bf16_rope;
+#endif
+    for (const Shape sh : {Shape{1, 32, 8}, Shape{3, 64, 16}, Shape{16, 512, 64}, Shape{20, 128, 8}, Shape{5, 36, 4},
+                           Shape{2, 64, 3}}) {
         const std::int64_t heads = sh.heads, rank = sh.rank, w = sh.rank + sh.rope;
         const auto f = dsv2::LatentQ8Format::make(rank, sh.rope);
         const double scale = 1.0 / std::sqrt(double(w));
@@ -97,7 +104,7 @@ TEST_CASE("paged MLA decode of an int8 cache equals attention over the dequantiz
             for (std::int64_t len : {1, 5, 127, 129, 1100}) {
                 for (int threads : {1, 2}) {
                     INFO(heads << " heads, rank " << rank << " + " << sh.rope << ", page " << page << ", context "
-                               << len << ", " << threads << " threads");
+                               << len << ", " << threads << " threads, bf16 rope allowed " << bf16_rope);
                     const std::int64_t blocks = (len + page - 1) / page, n_pages = blocks + 2;
                     std::vector<std::int32_t> table(static_cast<std::size_t>(n_pages));
                     std::iota(table.begin(), table.end(), 0);
@@ -125,6 +132,9 @@ TEST_CASE("paged MLA decode of an int8 cache equals attention over the dequantiz
             }
         }
     }
+#if DSV2_X86_KERNELS
+    dsv2::cpu_detail::q8_bf16_rope_allowed = true;
+#endif
 }
 
 TEST_CASE("MLA decode of an int8 cache names what does not fit", "[latent_q8]") {

@@ -118,6 +118,18 @@ inline bool has_avx512_vnni() {
     return ok;
 }
 
+// acc += Σ of 4 products u8 · s8 per 32-bit lane, in place. Through the
+// intrinsic, GCC 12 copied each accumulator of the MLA kernels out and back
+// around every vpdpbusd (and spilled an operand); the asm ties the
+// accumulator to its register.
+DSV2_AVX512_VNNI inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
+#if defined(__GNUC__) && !defined(__clang__)
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+#else
+    acc = _mm512_dpbusd_epi32(acc, u8, s8);
+#endif
+}
+
 // One weight row's integer sums against one activation row's digits:
 // Σ (h+128) q, Σ l q and Σ q, the last riding along in the same pass rather
 // than reading the row twice.

@@ -30,8 +30,14 @@ namespace cpu_detail {
 inline constexpr std::int64_t kMinKeysPerQ8Split = 512;
 inline constexpr std::int64_t kMaxQ8Splits = 64;
 
+// The rope lanes' product in vdpbf16ps where the CPU has it; tests turn this
+// off to check the f32 path on such CPUs too.
+inline bool q8_bf16_rope_allowed = true;
+
 // Floats of the buffer behind a Q8Query.
-inline std::int64_t q8_query_floats(const LatentQ8Format& f) { return f.rank * 4 + f.groups() * 32 + f.rope * 16; }
+inline std::int64_t q8_query_floats(const LatentQ8Format& f) {
+    return f.rank * 4 + f.groups() * 32 + f.rope * 16 + (f.rope + 1) / 2 * 16;
+}
 
 // Query rows [0, nh) of q (row stride ldq), times `scale`, into the
 // heads-in-lanes form of Q8Query, in `buf` (q8_query_floats(f) floats).
@@ -41,6 +47,7 @@ DSV2_AVX512 inline Q8Query prepare_q8_query(const float* q, std::int64_t ldq, st
     auto* offset = reinterpret_cast<std::int32_t*>(buf + f.rank * 4);  // (groups, 16)
     float* qscale = buf + f.rank * 4 + f.groups() * 16;                // (groups, 16)
     float* rope = qscale + f.groups() * 16;                            // (rope, 16)
+    auto* rope_pairs = reinterpret_cast<std::uint32_t*>(rope + f.rope * 16);  // (rope / 2, 16)
     std::fill(buf, buf + q8_query_floats(f), 0.0f);
     const std::int64_t g_len = f.group;  // a multiple of 64 on this path
     const __m512 sv = _mm512_set1_ps(scale);
@@ -71,8 +78,11 @@ DSV2_AVX512 inline Q8Query prepare_q8_query(const float* q, std::int64_t ldq, st
             offset[g * 16 + h] = static_cast<std::int32_t>(128 * hsum_epi32(sum));  // the +128 of every cache byte, times Σq
         }
         for (std::int64_t d = 0; d < f.rope; ++d) rope[d * 16 + h] = qh[f.rank + d] * scale;
+        for (std::int64_t j = 0; j < f.rope / 2; ++j)
+            rope_pairs[j * 16 + h] = std::uint32_t{bf16(rope[2 * j * 16 + h]).bits} |
+                                     std::uint32_t{bf16(rope[(2 * j + 1) * 16 + h]).bits} << 16;
     }
-    return Q8Query{reinterpret_cast<const std::uint8_t*>(q8), offset, qscale, rope};
+    return Q8Query{reinterpret_cast<const std::uint8_t*>(q8), offset, qscale, rope, rope_pairs};
 }
 
 // out[h][c] (h < nh, row stride out_ld) = Σ_p e^(max_p − M) o_p / Σ_p e^(max_p − M) sum_p
@@ -121,13 +131,16 @@ inline void mla_decode_q8_seq(Context<cpu>& ctx, const float* q, std::int64_t ld
     float* max = o + parts * f.rank * 16;
     float* sum = max + parts * 16;
     float* merged = sum + parts * 16;
+    const bool bf16_rope = q8_bf16_rope_allowed && has_avx512_bf16() && f.rope % 2 == 0;
     for (std::int64_t h0 = 0; h0 < heads; h0 += kQ8Heads) {
         const std::int64_t nh = std::min(kQ8Heads, heads - h0);
         const Q8Query qq = prepare_q8_query(q + h0 * ldq, ldq, nh, f, scale, qbuf);
 #pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
         for (int p = 0; p < parts; ++p) {
             const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
-            decode_split_q8(qq, f, pages, page, table, s0, s1, o + p * f.rank * 16, max + p * 16, sum + p * 16);
+            float *op = o + p * f.rank * 16, *mp = max + p * 16, *sp = sum + p * 16;
+            if (bf16_rope) decode_split_q8<true>(qq, f, pages, page, table, s0, s1, op, mp, sp);
+            else decode_split_q8<false>(qq, f, pages, page, table, s0, s1, op, mp, sp);
         }
         merge_q8_splits(parts, f.rank, nh, o, max, sum, merged, out + h0 * out_ld, out_ld);
     }

@@ -9,15 +9,19 @@
 //              group (its scale sq and Σq per group kept); a key's bytes
 //              (unsigned, +128) are broadcast four at a time against the
 //              query's, and S = sk·sq·(acc − 128·Σq) per group, plus the
-//              rope lanes in f32.
+//              rope lanes: where the CPU has AVX512_BF16 (and rope is even),
+//              vdpbf16ps on the cached bf16 pairs as they are, q's rope lanes
+//              rounded to bf16; otherwise f32 FMAs over the widened lanes.
 //   O += P V   the probabilities, times each row's group scale, are quantized
 //              per tile, head and group to 0..255 (unsigned); the tile's rows
 //              are regrouped four rows to a 32-bit word (signed, −128), and
 //              O = corr·O + sp·acc per channel.
 // So the results differ from attention over the dequantized rows by the
-// rounding of q to 8 bits (relative 1/254 of its group's largest lane) and of
-// P to 8 bits (1/510 of the tile's largest weight): docs/quantization.md has
-// the measured error. Needs rank a multiple of 64 (group 64 or 128).
+// rounding of q to 8 bits (relative 1/254 of its group's largest lane), of its
+// rope lanes to bf16 (relative 2^-9, with vdpbf16ps) and of P to 8 bits (1/510
+// of the tile's largest weight): docs/usage.md ("Int8 latent cache") has the
+// measured error.
+// Needs rank a multiple of 64 (group 64 or 128).
 #pragma once
 
 #include "dsv2/backend/cpu/gemv_q8.hpp"
@@ -46,15 +50,24 @@ inline std::int32_t load_i32(const void* p) {
     return v;
 }
 
+#define DSV2_AVX512_VNNI_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
+
+inline bool has_avx512_bf16() {
+    static const bool ok = has_avx512_vnni() && __builtin_cpu_supports("avx512bf16");
+    return ok;
+}
+
 // The query of one block of up to 16 heads, heads in lanes (mla_decode_q8.hpp
 // fills it): the int8 lanes as 32-bit words of 4 (word h of quad j holds
 // q8[h][4j .. 4j+3]), per group the f32 scale and 128 · Σ q8, and the rope
-// lanes in f32 — all of it scaled by the softmax scale.
+// lanes in f32 and as bf16 pairs (word h of pair j holds lanes 2j, 2j+1) —
+// all of it scaled by the softmax scale.
 struct Q8Query {
     const std::uint8_t* q8 = nullptr;  // (rank / 4, 16) words
     const std::int32_t* offset = nullptr;  // (groups, 16)
     const float* scale = nullptr;      // (groups, 16)
     const float* rope = nullptr;       // (rope, 16)
+    const std::uint32_t* rope_pairs = nullptr;  // (rope / 2, 16), for even rope
 };
 
 // n bf16 lanes (a row's rope lanes, 4-byte aligned or not) as f32.
@@ -66,42 +79,57 @@ DSV2_AVX512 inline void q8_widen_rope(const std::uint8_t* src, std::int64_t n, f
     }
 }
 
-// S[k] (16 heads) for the 8 rows rows[0..8).
-DSV2_AVX512_VNNI inline void q8_score_block8(const std::uint8_t* const* rows, const LatentQ8Format& f,
-                                             const Q8Query& q, const float* rope_rows, float* s_out,
-                                             RowPrefetcher<std::uint8_t>& pf) {
+// S[k] (16 heads) for the 8 rows rows[0..8), and row k's scale of group g
+// into row_scale[g * kQ8Tile + k]; one row of the next tile prefetched per
+// group. With Bf16Rope the rope lanes are read from the rows as bf16 pairs,
+// otherwise from rope_rows, widened.
+template <bool Bf16Rope>
+DSV2_AVX512_VNNI_BF16 inline void q8_score_block8(const std::uint8_t* const* rows, const LatentQ8Format& f,
+                                                  const Q8Query& q, const float* rope_rows, float* s_out,
+                                                  float* row_scale, RowPrefetcher<std::uint8_t>& pf) {
     const std::int64_t g_len = f.group;
     __m512 s[8];
     for (auto& v : s) v = _mm512_setzero_ps();
     for (std::int64_t g = 0; g < f.groups(); ++g) {
         __m512i acc[8];
         for (auto& a : acc) a = _mm512_setzero_si512();
+        pf.whole_row();  // not inside the loop: its branches cost as much as the loads
         const std::int64_t c0 = g * g_len;
         for (std::int64_t c = c0; c < c0 + g_len; c += 4) {
-            if (c % 8 == 0) pf.step();  // with the value loop's steps, every line of the next tile
             const __m512i qv = _mm512_loadu_si512(q.q8 + c * 16);
             for (int k = 0; k < 8; ++k)
-                acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_set1_epi32(load_i32(rows[k] + c)), qv);
+                dpbusd(acc[k], _mm512_set1_epi32(load_i32(rows[k] + c)), qv);
         }
         const __m512i off = _mm512_loadu_si512(q.offset + g * 16);
         const __m512 sq = _mm512_loadu_ps(q.scale + g * 16);
         for (int k = 0; k < 8; ++k) {
-            const __m512 fk = _mm512_mul_ps(sq, _mm512_set1_ps(f.scale(rows[k], g)));
+            row_scale[g * kQ8Tile + k] = f.scale(rows[k], g);
+            const __m512 fk = _mm512_mul_ps(sq, _mm512_set1_ps(row_scale[g * kQ8Tile + k]));
             s[k] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, _mm512_sub_epi32(acc[k], off)), fk, s[k]);
         }
     }
-    for (std::int64_t d = 0; d < f.rope; ++d) {
-        const __m512 qv = _mm512_loadu_ps(q.rope + d * 16);
-        for (int k = 0; k < 8; ++k) s[k] = _mm512_fmadd_ps(qv, _mm512_set1_ps(rope_rows[k * f.rope + d]), s[k]);
+    if constexpr (Bf16Rope) {
+        for (std::int64_t j = 0; j < f.rope / 2; ++j) {
+            const auto qv = (__m512bh)_mm512_loadu_si512(q.rope_pairs + j * 16);
+            const std::int64_t at = f.rope_offset() + 4 * j;
+            for (int k = 0; k < 8; ++k)
+                s[k] = _mm512_dpbf16_ps(s[k], qv, (__m512bh)_mm512_set1_epi32(load_i32(rows[k] + at)));
+        }
+    } else {
+        for (std::int64_t d = 0; d < f.rope; ++d) {
+            const __m512 qv = _mm512_loadu_ps(q.rope + d * 16);
+            for (int k = 0; k < 8; ++k) s[k] = _mm512_fmadd_ps(qv, _mm512_set1_ps(rope_rows[k * f.rope + d]), s[k]);
+        }
     }
     for (int k = 0; k < 8; ++k) _mm512_storeu_ps(s_out + k * 16, s[k]);
 }
 
 // Four rows' int8 lanes regrouped into 32-bit words of one lane from each
 // row, signed; the words of a 64-lane stretch come out in the order of
-// q8_channel_of.
+// q8_channel_of, 16 at out, the next 16 at out + block_stride, and so on.
 DSV2_AVX512 inline void q8_regroup4(const std::uint8_t* r0, const std::uint8_t* r1, const std::uint8_t* r2,
-                                    const std::uint8_t* r3, std::int64_t rank, std::int32_t* out) {
+                                    const std::uint8_t* r3, std::int64_t rank, std::int32_t* out,
+                                    std::int64_t block_stride) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     for (std::int64_t c = 0; c < rank; c += 64) {
         const __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(r0 + c), flip);
@@ -110,10 +138,11 @@ DSV2_AVX512 inline void q8_regroup4(const std::uint8_t* r0, const std::uint8_t* 
         const __m512i x3 = _mm512_xor_si512(_mm512_loadu_si512(r3 + c), flip);
         const __m512i lo01 = _mm512_unpacklo_epi8(x0, x1), lo23 = _mm512_unpacklo_epi8(x2, x3);
         const __m512i hi01 = _mm512_unpackhi_epi8(x0, x1), hi23 = _mm512_unpackhi_epi8(x2, x3);
-        _mm512_storeu_si512(out + c, _mm512_unpacklo_epi16(lo01, lo23));
-        _mm512_storeu_si512(out + c + 16, _mm512_unpackhi_epi16(lo01, lo23));
-        _mm512_storeu_si512(out + c + 32, _mm512_unpacklo_epi16(hi01, hi23));
-        _mm512_storeu_si512(out + c + 48, _mm512_unpackhi_epi16(hi01, hi23));
+        std::int32_t* o = out + c / 16 * block_stride;
+        _mm512_storeu_si512(o, _mm512_unpacklo_epi16(lo01, lo23));
+        _mm512_storeu_si512(o + block_stride, _mm512_unpackhi_epi16(lo01, lo23));
+        _mm512_storeu_si512(o + 2 * block_stride, _mm512_unpacklo_epi16(hi01, hi23));
+        _mm512_storeu_si512(o + 3 * block_stride, _mm512_unpackhi_epi16(hi01, hi23));
     }
 }
 
@@ -126,16 +155,19 @@ inline std::int64_t q8_channel_of(std::int64_t w) {
 }
 
 // O[w] (16 heads) = corr · O[w] + sp · Σ_t4 P4[t4] · V4[t4][w] for the 16
-// regrouped words w in [w0, w0 + 16), from n4 words of 4 rows.
-DSV2_AVX512_VNNI inline void q8_value_block16(const std::int32_t* p4, const std::int32_t* v4, std::int64_t ldv,
+// regrouped words w in [w0, w0 + 16), from n4 words of 4 rows; V4 holds the
+// block's 16 words of each quad t4 at v4 + 16 t4. Two rows of the next tile
+// are prefetched per call (with q8_score_block8's, every row of it).
+DSV2_AVX512_VNNI inline void q8_value_block16(const std::int32_t* p4, const std::int32_t* v4,
                                               std::int64_t n4, __m512 sp, __m512 corr, float* o,
                                               RowPrefetcher<std::uint8_t>& pf) {
     __m512i acc[16];
     for (auto& a : acc) a = _mm512_setzero_si512();
+    pf.whole_row();
+    pf.whole_row();
     for (std::int64_t t = 0; t < n4; ++t) {
-        pf.step();
         const __m512i pv = _mm512_loadu_si512(p4 + t * 16);
-        const std::int32_t* vt = v4 + t * ldv;
+        const std::int32_t* vt = v4 + t * 16;
         for (int i = 0; i < 16; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], pv, _mm512_set1_epi32(vt[i]));
     }
     for (int i = 0; i < 16; ++i) {
@@ -145,15 +177,16 @@ DSV2_AVX512_VNNI inline void q8_value_block16(const std::int32_t* p4, const std:
     }
 }
 
-// The probabilities of row t (16 heads, at p + 16 t) times its scale of group g.
-DSV2_AVX512 inline __m512 q8_weighted(const float* p, const std::uint8_t* const* rows, const LatentQ8Format& f,
-                                      std::int64_t t, std::int64_t g) {
-    return _mm512_mul_ps(_mm512_loadu_ps(p + t * 16), _mm512_set1_ps(f.scale(rows[t], g)));
+// The probabilities of row t (16 heads, at p + 16 t) times its scale (of the
+// group whose scales row_scale holds).
+DSV2_AVX512 inline __m512 q8_weighted(const float* p, const float* row_scale, std::int64_t t) {
+    return _mm512_mul_ps(_mm512_loadu_ps(p + t * 16), _mm512_set1_ps(row_scale[t]));
 }
 
 // The softmax state of one split of rows [s0, s1) for one head block: o
 // (rank, 16) in the regrouped word order, max and sum (16 each).
-DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8Format& f, const std::uint8_t* pages,
+template <bool Bf16Rope>
+DSV2_AVX512_VNNI_BF16 inline void decode_split_q8(const Q8Query& q, const LatentQ8Format& f, const std::uint8_t* pages,
                                              std::int64_t page, const std::int32_t* table, std::int64_t s0,
                                              std::int64_t s1, float* o, float* max, float* sum) {
     const std::int64_t rank = f.rank, rb = f.row_bytes();
@@ -167,20 +200,29 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
     // row (whose probabilities are set to 0 below).
     const auto row_pointers = [&](std::int64_t j, const std::uint8_t** out) {
         const std::int64_t n = std::clamp<std::int64_t>(s1 - j, 0, kQ8Tile);
-        for (std::int64_t i = 0; i < n; ++i) out[i] = pages + (table[(j + i) / page] * page + (j + i) % page) * rb;
+        for (std::int64_t i = 0, k = j / page, in_page = j % page; i < n; ++i) {
+            out[i] = pages + (static_cast<std::int64_t>(table[k]) * page + in_page) * rb;
+            if (++in_page == page) in_page = 0, ++k;
+        }
         for (std::int64_t i = n; i < (n + 7) / 8 * 8; ++i) out[i] = out[n - 1];
         return n;
     };
     // Per thread: scores then probabilities (tile, 16), the rope lanes in f32
     // (tile, rope), the quantized probabilities (groups, tile / 4, 16) and the
-    // regrouped rows (tile / 4, rank), and the probabilities' scales (groups, 16).
+    // regrouped rows (rank / 16 blocks of (tile / 4, 16) words, a line apart),
+    // the probabilities' scales (groups, 16) and the rows' (groups, tile).
+    // The value loop reads a block
+    // in order; in rows of rank words its stride of 2 KiB fell on two sets of
+    // L1, and blocks of exactly 2 KiB put the regrouping's stores there.
+    const std::int64_t block_stride = (kQ8Tile / 4 + 1) * 16;
     const std::int64_t groups = f.groups();
     float* s = f32_scratch<kScratchLatentTile>(kQ8Tile * 16 + kQ8Tile * f.rope + groups * kQ8Tile * 4 +
-                                               kQ8Tile / 4 * rank + groups * 16);
+                                               rank / 16 * block_stride + groups * 16 + groups * kQ8Tile);
     float* rope_rows = s + kQ8Tile * 16;
     auto* p4 = reinterpret_cast<std::int32_t*>(rope_rows + kQ8Tile * f.rope);
     std::int32_t* v4 = p4 + groups * kQ8Tile * 4;
-    float* sp = reinterpret_cast<float*>(v4 + kQ8Tile / 4 * rank);
+    float* sp = reinterpret_cast<float*>(v4 + rank / 16 * block_stride);
+    float* row_scale = sp + groups * 16;
     RowPrefetcher<std::uint8_t> pf;
     std::int64_t n_next = row_pointers(s0, next);
     for (std::int64_t j = s0; j < s1; j += kQ8Tile) {
@@ -188,9 +230,16 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
         const std::int64_t n = n_next, n8 = (n + 7) / 8 * 8, n4 = (n + 3) / 4;
         n_next = row_pointers(j + kQ8Tile, next);
         pf.start(next, n_next, rb);
-        for (std::int64_t t = 0; t < n8; ++t)
-            q8_widen_rope(here[t] + f.rope_offset(), f.rope, rope_rows + t * f.rope);
-        for (std::int64_t k = 0; k < n8; k += 8) q8_score_block8(here + k, f, q, rope_rows + k * f.rope, s + k * 16, pf);
+        if constexpr (!Bf16Rope)
+            for (std::int64_t t = 0; t < n8; ++t)
+                q8_widen_rope(here[t] + f.rope_offset(), f.rope, rope_rows + t * f.rope);
+        // Each block of 8 rows is regrouped for the values right after its
+        // scores, while its rows are in L1.
+        for (std::int64_t k = 0; k < n8; k += 8) {
+            q8_score_block8<Bf16Rope>(here + k, f, q, rope_rows + k * f.rope, s + k * 16, row_scale + k, pf);
+            for (std::int64_t t = k; t < k + 8; t += 4)
+                q8_regroup4(here[t], here[t + 1], here[t + 2], here[t + 3], rank, v4 + t / 4 * 16, block_stride);
+        }
         // Online softmax, heads in lanes; the padding rows get probability 0.
         __m512 mt = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
         for (std::int64_t t = 0; t < n; ++t) mt = _mm512_maskz_max_ps(0xffff, mt, _mm512_loadu_ps(s + t * 16));
@@ -207,14 +256,15 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
         // P · (row scale of the group) to 0..255 per head and group, 4 rows to a word.
         for (std::int64_t g = 0; g < groups; ++g) {
             __m512 pmax = _mm512_setzero_ps();
-            for (std::int64_t t = 0; t < n; ++t) pmax = _mm512_maskz_max_ps(0xffff, pmax, q8_weighted(s, here, f, t, g));
+            const float* rs = row_scale + g * kQ8Tile;
+            for (std::int64_t t = 0; t < n; ++t) pmax = _mm512_maskz_max_ps(0xffff, pmax, q8_weighted(s, rs, t));
             const __mmask16 live = _mm512_cmp_ps_mask(pmax, _mm512_setzero_ps(), _CMP_GT_OQ);
             const __m512 inv = _mm512_maskz_div_ps(live, _mm512_set1_ps(255.0f), pmax);
             _mm512_storeu_ps(sp + g * 16, _mm512_mul_ps(pmax, _mm512_set1_ps(1.0f / 255.0f)));
             for (std::int64_t t4 = 0; t4 < n4; ++t4) {
                 __m512i word = _mm512_setzero_si512();
                 for (int i = 0; i < 4; ++i) {
-                    const __m512i x = _mm512_maskz_cvtps_epi32(0xffff, _mm512_mul_ps(q8_weighted(s, here, f, 4 * t4 + i, g), inv));
+                    const __m512i x = _mm512_maskz_cvtps_epi32(0xffff, _mm512_mul_ps(q8_weighted(s, rs, 4 * t4 + i), inv));
                     const __m512i b = _mm512_maskz_min_epi32(
                         0xffff, _mm512_maskz_max_epi32(0xffff, x, _mm512_setzero_si512()), _mm512_set1_epi32(255));
                     word = _mm512_or_si512(word, _mm512_maskz_slli_epi32(0xffff, b, 8 * i));
@@ -222,11 +272,9 @@ DSV2_AVX512_VNNI inline void decode_split_q8(const Q8Query& q, const LatentQ8For
                 _mm512_storeu_si512(p4 + (g * kQ8Tile / 4 + t4) * 16, word);
             }
         }
-        for (std::int64_t t4 = 0; t4 < n4; ++t4)
-            q8_regroup4(here[4 * t4], here[4 * t4 + 1], here[4 * t4 + 2], here[4 * t4 + 3], rank, v4 + t4 * rank);
         for (std::int64_t w = 0; w < rank; w += 16) {
             const std::int64_t g = w / f.group;  // a 64-lane stretch lies in one group
-            q8_value_block16(p4 + g * kQ8Tile / 4 * 16, v4 + w, rank, n4, _mm512_loadu_ps(sp + g * 16), corr,
+            q8_value_block16(p4 + g * kQ8Tile / 4 * 16, v4 + w / 16 * block_stride, n4, _mm512_loadu_ps(sp + g * 16), corr,
                              o + w * 16, pf);
         }
     }

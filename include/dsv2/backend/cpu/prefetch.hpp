@@ -38,6 +38,15 @@ struct RowPrefetcher {
         if (row == n) return nullptr;
         return reinterpret_cast<const char*>(rows[row]) + std::min(line * 64, row_bytes - 1);
     }
+    // Every line of the next row at once, into L1: for loops that must stay
+    // free of branches (the q8 MLA kernels). Into L2, as step() asks, was
+    // slower there (docs/benchmarks.md).
+    void whole_row() {
+        if (row == n) return;
+        const char* p = reinterpret_cast<const char*>(rows[row++]);
+        for (std::int64_t l = 0; l + 1 < lines_per_row; ++l) _mm_prefetch(p + l * 64, _MM_HINT_T0);
+        _mm_prefetch(p + row_bytes - 1, _MM_HINT_T0);
+    }
     void step() {
         const char* p = address();
         if (!p) return;

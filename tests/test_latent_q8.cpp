@@ -84,7 +84,11 @@ TEST_CASE("paged MLA decode of an int8 cache equals attention over the dequantiz
     struct Shape { std::int64_t heads, rank, rope; };
     const bool bf16_rope = GENERATE(true, false);
 #if DSV2_X86_KERNELS
-    dsv2::cpu_detail::q8_bf16_rope_allowed = bf16_rope;
+    // Restored however the case ends, so that later cases see the default.
+    struct AllowBf16Rope {
+        explicit AllowBf16Rope(bool allow) { dsv2::cpu_detail::q8_bf16_rope_allowed = allow; }
+        ~AllowBf16Rope() { dsv2::cpu_detail::q8_bf16_rope_allowed = true; }
+    } const allow(bf16_rope);
 #endif
     for (const Shape sh : {Shape{1, 32, 8}, Shape{3, 64, 16}, Shape{16, 512, 64}, Shape{20, 128, 8}, Shape{5, 36, 4},
                            Shape{2, 64, 3}}) {
@@ -132,9 +136,6 @@ TEST_CASE("paged MLA decode of an int8 cache equals attention over the dequantiz
             }
         }
     }
-#if DSV2_X86_KERNELS
-    dsv2::cpu_detail::q8_bf16_rope_allowed = true;
-#endif
 }
 
 TEST_CASE("MLA decode of an int8 cache names what does not fit", "[latent_q8]") {

@@ -119,9 +119,10 @@ inline bool has_avx512_vnni() {
 }
 
 // acc += Σ of 4 products u8 · s8 per 32-bit lane, in place. Through the
-// intrinsic, GCC 12 copied each accumulator of the MLA kernels out and back
-// around every vpdpbusd (and spilled an operand); the asm ties the
-// accumulator to its register.
+// intrinsic, GCC 12 copied each accumulator of the q8 MLA score loop out and
+// back around every vpdpbusd (and spilled an operand); the asm ties the
+// accumulator to its register. (In the value loop the intrinsic compiles
+// clean and the asm made GCC keep the accumulators in memory.)
 DSV2_AVX512_VNNI inline void dpbusd(__m512i& acc, __m512i u8, __m512i s8) {
 #if defined(__GNUC__) && !defined(__clang__)
     asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));

@@ -36,7 +36,7 @@ inline bool q8_bf16_rope_allowed = true;
 
 // Floats of the buffer behind a Q8Query.
 inline std::int64_t q8_query_floats(const LatentQ8Format& f) {
-    return f.rank * 4 + f.groups() * 32 + f.rope * 16 + (f.rope + 1) / 2 * 16;
+    return f.rank * 4 + f.groups() * 32 + f.rope * 16 + f.rope / 2 * 16;
 }
 
 // Query rows [0, nh) of q (row stride ldq), times `scale`, into the

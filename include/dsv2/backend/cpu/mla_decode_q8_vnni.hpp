@@ -211,9 +211,9 @@ DSV2_AVX512_VNNI_BF16 inline void decode_split_q8(const Q8Query& q, const Latent
     // (tile, rope), the quantized probabilities (groups, tile / 4, 16) and the
     // regrouped rows (rank / 16 blocks of (tile / 4, 16) words, a line apart),
     // the probabilities' scales (groups, 16) and the rows' (groups, tile).
-    // The value loop reads a block
-    // in order; in rows of rank words its stride of 2 KiB fell on two sets of
-    // L1, and blocks of exactly 2 KiB put the regrouping's stores there.
+    // The value loop reads a block in order; in rows of rank words its stride
+    // of 2 KiB fell on two sets of L1, and blocks of exactly 2 KiB put the
+    // regrouping's stores there.
     const std::int64_t block_stride = (kQ8Tile / 4 + 1) * 16;
     const std::int64_t groups = f.groups();
     float* s = f32_scratch<kScratchLatentTile>(kQ8Tile * 16 + kQ8Tile * f.rope + groups * kQ8Tile * 4 +

@@ -1,7 +1,8 @@
 // GPU benchmarks of the parity runner (`test_cuda_parity --bench`), for
 // scripts/gpu-check.sh: the device's copy bandwidth measured in the same
-// run, MLA decode over a bf16 latent cache at batch 64 and context 4K
-// (achieved GB/s and fraction of peak), and DeepSeek-V2 MoE layer time at
+// run, a cuBLAS bf16 GEMM as the tensor-core ceiling, MLA decode over a bf16
+// latent cache at context 4K with 128 and 16 heads (achieved GB/s and
+// TFLOP/s, fractions of both), and DeepSeek-V2 MoE layer time at
 // 1, 64 and 512 tokens. Timed with cudaEvents after warm-up runs.
 #pragma once
 
@@ -77,9 +78,30 @@ inline int run_benchmarks() {
                     probe / 1e9, nominal_peak / 1e9);
     }
 
-    // ---- MLA decode: batch 64, context 4096, DeepSeek-V2 shapes, bf16 cache --
+    // ---- tensor-core probe: an 8192³ bf16 GEMM through cuBLAS, f32 sums --
+    double flop_peak = 0;
     {
-        const std::int64_t batch = 64, ctx_len = 4096, heads = 128, rank = 512, rope = 64, w = rank + rope, page = 64;
+        const int n = 8192;
+        Tensor<bf16, cuda, 2> a({n, n}), b({n, n});
+        Tensor<float, cuda, 2> c({n, n});
+        fill(g, a.data(), a.numel(), 3, 1.0);
+        fill(g, b.data(), b.numel(), 4, 1.0);
+        const float one = 1.f, zero = 0.f;
+        const double ms = time_ms(g, [&] {
+            DSV2_CUBLAS_CHECK(cublasGemmEx(g.blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a.data(), CUDA_R_16BF, n,
+                                           b.data(), CUDA_R_16BF, n, &zero, c.data(), CUDA_R_32F, n,
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        });
+        flop_peak = 2.0 * n * static_cast<double>(n) * n / (ms * 1e-3);
+        std::printf("BENCH tensor_probe  %.0f TFLOP/s (cuBLAS bf16 GEMM 8192^3, f32 accumulate)\n", flop_peak / 1e12);
+    }
+
+    // ---- MLA decode, DeepSeek-V2 shapes, bf16 cache: 128 heads (the whole
+    //      model on one GPU; compute-bound: 242 FLOP per cached byte) and 16
+    //      heads (one GPU of eight with heads split, as in FlashMLA's
+    //      benchmark; memory-bound) --------------------------------------
+    for (auto [batch, heads] : {std::array<std::int64_t, 2>{64, 128}, {128, 16}}) {
+        const std::int64_t ctx_len = 4096, rank = 512, rope = 64, w = rank + rope, page = 64;
         const std::int64_t pages_per_seq = ctx_len / page, n_pages = batch * pages_per_seq;
         Tensor<bf16, cuda, 3> pages({n_pages, page, w});
         fill(g, pages.data(), pages.numel(), 1, 1.0);
@@ -91,31 +113,33 @@ inline int run_benchmarks() {
         Tensor<float, cuda, 3> q({batch, heads, w});
         fill(g, q.data(), q.numel(), 2, 1.0);
         Tensor<float, cuda, 3> out({batch, heads, rank});
-        Tensor<float, cuda, 2> rows({ctx_len, w});
         const double scale = 0.1147214;
         const double cache_bytes = static_cast<double>(batch * ctx_len * w) * sizeof(bf16);
-        // The component's path today: gather each sequence's rows, then attention.
-        const double ms = time_ms(g, [&] {
-            for (std::int64_t b = 0; b < batch; ++b) {
-                cache_gather(g, pages.cview(), tables.cview()[b], rows.view());
-                const View<const float, cuda, 3> keys(rows.data(), {ctx_len, 1, w});
-                const View<const float, cuda, 3> values(rows.data(), {ctx_len, 1, rank}, {w, w, 1});
-                attention(g, q.cview().rows(b, b + 1), keys, values, ctx_len - 1, scale, out.view().rows(b, b + 1));
-            }
-        }, 1, 3);
-        const double bw = cache_bytes / (ms * 1e-3);
-        std::printf("BENCH mla_decode gather+attention  batch %lld ctx %lld: %.3f ms, %.0f GB/s of latent cache, "
-                    "%.1f%% of probe, %.1f%% of nominal peak\n",
-                    static_cast<long long>(batch), static_cast<long long>(ctx_len), ms, bw / 1e9, 100 * bw / probe,
-                    100 * bw / nominal_peak);
+        const double flops = 2.0 * static_cast<double>(batch * heads * ctx_len) * static_cast<double>(w + rank);
+        if (heads == 128) {
+            // The general path (gather each sequence's rows, then attention), for scale.
+            Tensor<float, cuda, 2> rows({ctx_len, w});
+            const double ms = time_ms(g, [&] {
+                for (std::int64_t b = 0; b < batch; ++b) {
+                    cache_gather(g, pages.cview(), tables.cview()[b], rows.view());
+                    const View<const float, cuda, 3> keys(rows.data(), {ctx_len, 1, w});
+                    const View<const float, cuda, 3> values(rows.data(), {ctx_len, 1, rank}, {w, w, 1});
+                    attention(g, q.cview().rows(b, b + 1), keys, values, ctx_len - 1, scale, out.view().rows(b, b + 1));
+                }
+            }, 1, 3);
+            std::printf("BENCH mla_decode gather+attention  batch %lld heads %lld ctx %lld: %.3f ms, %.0f GB/s of "
+                        "latent cache\n",
+                        static_cast<long long>(batch), static_cast<long long>(heads), static_cast<long long>(ctx_len),
+                        ms, cache_bytes / (ms * 1e-3) / 1e9);
+        }
         // The paged decode kernel (mla_decode.cuh), reading the cache in place.
         const std::vector<std::int64_t> lens(static_cast<std::size_t>(batch), ctx_len);
-        const double ms2 = time_ms(g, [&] { mla_decode(g, q.cview(), pages.cview(), tables.cview(), lens, scale, out.view()); });
-        const double bw2 = cache_bytes / (ms2 * 1e-3);
-        std::printf("BENCH mla_decode kernel  batch %lld ctx %lld: %.3f ms, %.0f GB/s of latent cache, "
-                    "%.1f%% of probe, %.1f%% of nominal peak (FlashMLA: ~90%%)\n",
-                    static_cast<long long>(batch), static_cast<long long>(ctx_len), ms2, bw2 / 1e9, 100 * bw2 / probe,
-                    100 * bw2 / nominal_peak);
+        const double ms = time_ms(g, [&] { mla_decode(g, q.cview(), pages.cview(), tables.cview(), lens, scale, out.view()); }, 3, 20);
+        const double bw = cache_bytes / (ms * 1e-3), fl = flops / (ms * 1e-3);
+        std::printf("BENCH mla_decode kernel  batch %lld heads %lld ctx %lld: %.3f ms, %.0f GB/s of latent cache "
+                    "(%.1f%% of probe, %.1f%% of nominal peak), %.0f TFLOP/s (%.1f%% of tensor probe)\n",
+                    static_cast<long long>(batch), static_cast<long long>(heads), static_cast<long long>(ctx_len), ms,
+                    bw / 1e9, 100 * bw / probe, 100 * bw / nominal_peak, fl / 1e12, 100 * fl / flop_peak);
     }
 
     // ---- MoE layer of DeepSeek-V2 (bf16 weights) ------------------------

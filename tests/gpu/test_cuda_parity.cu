@@ -157,10 +157,13 @@ void primitives(Context<cpu>& c, Context<cuda>& g) {
         struct Dec {
             std::int64_t batch, heads;
             std::vector<std::int64_t> lens;  // empty: random in 1..600
+            std::int64_t page = 64;          // not a multiple of 32: the kernel's per-row page lookups
         };
-        const std::int64_t page = 64, w = 576, rank = 512;
+        const std::int64_t w = 576, rank = 512;
         for (const Dec& dc : {Dec{1, 32, {1}}, Dec{3, 32, {31, 1000, 64}}, Dec{4, 128, {8192, 1, 100, 4097}},
-                              Dec{64, 32, {}}}) {
+                              Dec{64, 32, {}}, Dec{2, 16, {3000, 33}}, Dec{1, 64, {20000}}, Dec{5, 48, {}},
+                              Dec{2, 8, {70, 5}}, Dec{3, 64, {1000, 47, 2}, 48}, Dec{2, 16, {100, 7}, 16}}) {
+            const std::int64_t page = dc.page;
             std::vector<std::int64_t> lens = dc.lens;
             std::uniform_int_distribution<std::int64_t> any_len(1, 600);
             if (lens.empty())
@@ -187,8 +190,24 @@ void primitives(Context<cpu>& c, Context<cuda>& g) {
                 attention(c, q.h.cview().rows(b, b + 1), keys, vals, len - 1, scale, oc.view().rows(b, b + 1));
             }
             mla_decode(g, q.d.cview(), pages.d.cview(), tables.d.cview(), lens, scale, og.view());
-            check(fmt::format("mla_decode[{}] B={} H={} max S={}", dt, dc.batch, dc.heads, max_len), values(g, og),
-                  values(oc), tol<T>());
+            check(fmt::format("mla_decode[{}] B={} H={} max S={} page {}", dt, dc.batch, dc.heads, max_len, page),
+                  values(g, og), values(oc), tol<T>());
+            // A page id past the cache in the (device-resident) block table:
+            // RangeError at the next synchronisation, never a wild read.
+            const std::string bad = fmt::format("mla_decode bad page[{}] H={} page {}", dt, dc.heads, page);
+            if (selected(bad) && dc.batch > 1 && lens[0] > page) {
+                const std::int32_t wild = static_cast<std::int32_t>(n_pages + 5);
+                copy_to_device(g, &wild, tables.d.data() + 1, 1);  // sequence 0, its second page
+                bool thrown = false;
+                try {
+                    mla_decode(g, q.d.cview(), pages.d.cview(), tables.d.cview(), lens, scale, og.view());
+                    synchronize(g);
+                } catch (const RangeError& e) {
+                    thrown = std::string(e.what()).find(fmt::format("page {}", wild)) != std::string::npos;
+                }
+                synchronize(g);
+                record(bad, thrown, thrown ? "RangeError names the page" : "no RangeError naming the page");
+            }
         }
     }
 
@@ -346,7 +365,7 @@ void components(Context<cpu>& c, Context<cuda>& g) {
             mc.forward(c, wsc, x.h.cview(), yc.view(), &rc[0]);
             mg.forward(g, wsg, x.d.cview(), yg.view(), &rg[0]);
             check_rows(fmt::format("MoE[{}] {} N={}", dt, v2 ? "V2-like" : "V2-Lite-like", n), values(g, yg),
-                       values(yc), cfg.hidden_size, same_routing(rc, rg, n), tol<T>());
+                       values(yc), cfg.hidden_size, same_routing(rc, rg, n, tol<T>()), tol<T>());
         }
     }
 
@@ -384,7 +403,7 @@ void components(Context<cpu>& c, Context<cuda>& g) {
             std::vector<double> hc(static_cast<std::size_t>(lc.numel()));
             for (std::int64_t i = 0; i < lc.numel(); ++i) hc[static_cast<std::size_t>(i)] = static_cast<double>(lc.data[i]);
             check_rows(fmt::format("Model[{}] tiny {} step {}", dt, pname, step), values(g, lg), hc, lc.shape[1],
-                       same_routing(rc, rg, lc.shape[0]), tol<T>());
+                       same_routing(rc, rg, lc.shape[0], tol<T>()), tol<T>());
             for (auto& p : prompts) p.push_back(static_cast<std::int32_t>((p.back() * 31 + 7) % cfg.vocab_size));
         }
     }

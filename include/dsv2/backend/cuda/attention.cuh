@@ -72,20 +72,27 @@ __global__ void attention_kernel(const A* q, std::int64_t qs0, std::int64_t qs1,
     for (std::int64_t c = tid; c < dv; c += blockDim.x) orow[c] = acc[c] / l;
 }
 
-// The slots live in device memory: one outside the cache's `slots_total`
-// rows is reported (DeviceErrors) and its row not written.
+// The slots live in device memory, so they are checked here: if any lies
+// outside the cache's `slots_total` rows it is reported (DeviceErrors) and
+// nothing is written, as the CPU backend checks every slot before writing one.
+// Each block scans all N slots (a few KiB from L2: the grid is capped).
 template <class T, class A>
 __global__ void cache_write_kernel(const A* rows, std::int64_t ldr, const std::int64_t* slots, std::int64_t ss,
                                    T* pages, std::int64_t slots_total, std::int64_t n, std::int64_t w,
                                    DeviceErrors* errors) {
-    DSV2_CUDA_FOR_2D(i, j, n, w) {
+    __shared__ int any_bad;
+    if (threadIdx.x == 0) any_bad = 0;
+    __syncthreads();
+    for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const std::int64_t slot = slots[i * ss];
         if (slot < 0 || slot >= slots_total) {
-            if (j == 0) report(errors, DeviceErrors::cache_slot, slot, slots_total);
-            continue;
+            any_bad = 1;
+            if (blockIdx.x == 0) report(errors, DeviceErrors::cache_slot, slot, slots_total);
         }
-        store(pages + slot * w + j, rows[i * ldr + j]);
     }
+    __syncthreads();
+    if (any_bad) return;
+    DSV2_CUDA_FOR_2D(i, j, n, w) store(pages + slots[i * ss] * w + j, rows[i * ldr + j]);
 }
 
 // Likewise a block table entry outside the cache's `n_pages`: reported, and
@@ -144,7 +151,7 @@ void cache_write(Context<cuda>& ctx,
     const std::int64_t n = rows.shape[0], w = rows.shape[1];
     check_cache_write(rows, slots, pages);
     if (n * w == 0) return;
-    cache_write_kernel<<<blocks_for(n * w, kThreads), kThreads, 0, ctx.stream>>>(
+    cache_write_kernel<<<std::min(blocks_for(n * w, kThreads), 1024u), kThreads, 0, ctx.stream>>>(
         rows.data, rows.stride[0], slots.data, slots.stride[0], pages.data, pages.shape[0] * pages.shape[1], n, w,
         ctx.device_errors());
     DSV2_CUDA_LAUNCHED();

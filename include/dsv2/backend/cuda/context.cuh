@@ -178,7 +178,7 @@ struct Context<cuda> {
         *errors_host_ = {};
         if (e.kinds & cuda_detail::DeviceErrors::cache_slot)
             DSV2_FAIL(RangeError, "cache_write: token slot {} lies outside the cache's {} rows (pages x page_size); "
-                      "the kernel skipped the write", e.value, e.limit);
+                      "nothing was written", e.value, e.limit);
         DSV2_FAIL(RangeError, "cache_gather/mla_decode: a block table entry is page {}, outside the cache's pages "
                   "[0, {}); its rows were read as zero", e.value, e.limit);
     }

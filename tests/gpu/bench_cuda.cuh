@@ -142,6 +142,21 @@ inline int run_benchmarks() {
                     bw / 1e9, 100 * bw / probe, 100 * bw / nominal_peak, fl / 1e12, 100 * fl / flop_peak);
     }
 
+    // ---- a decode-sized product: DeepSeek-V2's LM head (102400 x 5120
+    //      bf16, 1 GB) on one token, gemv.cuh ------------------------------
+    {
+        const std::int64_t vocab = 102400, d = 5120;
+        Tensor<bf16, cuda, 2> w({vocab, d});
+        fill(g, w.data(), w.numel(), 7, 0.02);
+        Tensor<float, cuda, 2> x({1, d}), y({1, vocab});
+        fill(g, x.data(), x.numel(), 8, 1.0);
+        const double ms = time_ms(g, [&] { linear(g, x.cview(), w.cview(), y.view()); }, 3, 20);
+        const double bytes = static_cast<double>(vocab * d) * sizeof(bf16);
+        std::printf("BENCH linear decode  LM head 102400x5120 bf16, 1 token: %.3f ms, %.0f GB/s of weights "
+                    "(%.1f%% of probe)\n",
+                    ms, bytes / (ms * 1e-3) / 1e9, 100 * bytes / (ms * 1e-3) / probe);
+    }
+
     // ---- MoE layer of DeepSeek-V2 (bf16 weights) ------------------------
     {
         const Config cfg = Config::deepseek_v2();

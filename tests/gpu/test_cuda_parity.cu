@@ -48,6 +48,42 @@ void primitives(Context<cpu>& c, Context<cuda>& g) {
               tol<T>());
     }
 
+    // ---- a group of products: decode-sized ones share launches (gemv.cuh
+    //      for 16-bit weights, 48 products per launch), others go to cuBLAS;
+    //      odd row counts, strided activations, a product past one launch --
+    {
+        std::vector<Both<A, 2>> xs;
+        std::vector<Both<T, 2>> ws;
+        std::vector<Tensor<A, cpu, 2>> ycs;
+        std::vector<Tensor<A, cuda, 2>> ygs;
+        std::uniform_int_distribution<std::int64_t> any_n(1, 9), any_m(1, 70);
+        const std::int64_t k = 264;
+        for (int i = 0; i < 53; ++i) {
+            const std::int64_t n = any_n(rng), m = i == 0 ? 1 : any_m(rng);
+            xs.push_back(both<A, 2>(g, {n, k + 8}, rng));
+            ws.push_back(both<T, 2>(g, {m, k}, rng, 1.0 / std::sqrt(static_cast<double>(k))));
+            ycs.emplace_back(std::array<std::int64_t, 2>{n, m});
+            ygs.emplace_back(std::array<std::int64_t, 2>{n, m});
+        }
+        using Wc = decltype(ws[0].h.cview());
+        using Wg = decltype(ws[0].d.cview());
+        std::vector<Product<A, Wc, cpu>> pc;
+        std::vector<Product<A, Wg, cuda>> pg;
+        for (std::size_t i = 0; i < xs.size(); ++i) {
+            pc.push_back({xs[i].h.cview().cols(8, k + 8), ws[i].h.cview(), ycs[i].view()});
+            pg.push_back({xs[i].d.cview().cols(8, k + 8), ws[i].d.cview(), ygs[i].view()});
+        }
+        linear_group(c, pc);
+        linear_group(g, pg);
+        std::vector<double> all_g, all_c;
+        for (std::size_t i = 0; i < xs.size(); ++i) {
+            const auto vg = values(g, ygs[i]), vc = values(ycs[i]);
+            all_g.insert(all_g.end(), vg.begin(), vg.end());
+            all_c.insert(all_c.end(), vc.begin(), vc.end());
+        }
+        check(fmt::format("linear_group[{}] 53 products N 1..9 K {}", dt, k), all_g, all_c, tol<T>());
+    }
+
     // ---- rows ------------------------------------------------------------
     for (auto [n, d] : {std::array<std::int64_t, 2>{1, 64}, {31, 512}, {512, 2048}}) {
         auto x = both<A, 2>(g, {n, d}, rng, 3.0);

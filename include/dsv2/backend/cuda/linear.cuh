@@ -8,6 +8,8 @@
 // the context's scratch, then cublasGemmEx with f32 accumulation and f32
 // output (tensor cores). That rounding is the one numerical difference from
 // the CPU, which widens the weights instead; parity tests bound it per dtype.
+// Decode-sized products (at most 8 rows) with 16-bit weights take gemv.cuh
+// instead: weights widened, f32 throughout, a group in one launch.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -15,6 +17,7 @@
 #endif
 
 #include "dsv2/backend/cuda/context.cuh"
+#include "dsv2/backend/cuda/gemv.cuh"
 #include "dsv2/backend/product.hpp"
 
 #include <vector>
@@ -99,6 +102,13 @@ void linear(Context<cuda>& ctx,
     check_product("linear", n, k, w.shape[1], y.shape[0], y.shape[1], m,
                   x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
     if (n == 0 || m == 0) return;
+    if constexpr (std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)) {
+        if (gemv_fits(w.data, leading(w), x.data, leading(x), n, k) && m <= INT32_MAX) {
+            gemv_group<T>(ctx, {GemvProduct{w.data, x.data, y.data, leading(w), leading(x), leading(y),
+                                            static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), 0}});
+            return;
+        }
+    }
     gemm<A, T>(ctx, CUBLAS_OP_T, m, n, k, w.data, leading(w), x.data, leading(x), y.data, leading(y));
 }
 
@@ -117,12 +127,30 @@ void matmul(Context<cuda>& ctx,
     gemm<A, T>(ctx, CUBLAS_OP_N, m, n, k, w.data, leading(w), x.data, leading(x), y.data, leading(y));
 }
 
-// Groups of products: one cuBLAS call each, queued on the context's stream
-// (kernel launches are cheap next to a CPU fork/join, so there is nothing to
-// fuse yet; a grouped GEMM would go here).
+// Groups of products. Decode-sized ones with 16-bit weights (a step's
+// routed experts, MLA's per-head products) share gemv launches; the others
+// are one cuBLAS call each, queued on the context's stream.
 template <class A, class W>
 void linear_group(Context<cuda>& ctx, const std::vector<Product<A, W, cuda>>& group) {
-    for (const auto& p : group) linear(ctx, p.x, p.w, p.y);
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(std::declval<W>().data)>>;
+    if constexpr (std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)) {
+        using namespace cuda_detail;
+        std::vector<GemvProduct> small;
+        for (const auto& p : group) {
+            const std::int64_t n = p.x.shape[0], k = p.x.shape[1], m = p.w.shape[0];
+            check_product("linear", n, k, p.w.shape[1], p.y.shape[0], p.y.shape[1], m,
+                          p.x.rows_contiguous() && p.w.rows_contiguous() && p.y.rows_contiguous());
+            if (n > 0 && m > 0 && m <= INT32_MAX && gemv_fits(p.w.data, leading(p.w), p.x.data, leading(p.x), n, k)) {
+                small.push_back({p.w.data, p.x.data, p.y.data, leading(p.w), leading(p.x), leading(p.y),
+                                 static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), 0});
+            } else {
+                linear(ctx, p.x, p.w, p.y);
+            }
+        }
+        gemv_group<T>(ctx, small);
+    } else {
+        for (const auto& p : group) linear(ctx, p.x, p.w, p.y);
+    }
 }
 template <class A, class W>
 void matmul_group(Context<cuda>& ctx, const std::vector<Product<A, W, cuda>>& group) {

@@ -208,6 +208,17 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
 
 }  // namespace
 
+int dsv2_bench::cmd_bench_cuda(const Args& a) {
+    DSV2_CHECK(a.dtype != "int8" && a.cache != "int8", dsv2::Unsupported,
+               "bench --backend cuda: int8 weights and the int8 latent cache run on the cpu backend only so far");
+#ifdef DSV2_WITH_CUDA
+    return dsv2_cuda::bench(a);
+#else
+    DSV2_FAIL(dsv2::Unsupported,
+              "--backend cuda: this build has only the cpu backend (configure with DSV2_ENABLE_CUDA for cuda)");
+#endif
+}
+
 int main(int argc, char** argv) {
     CLI::App app{"dsv2: DeepSeek-V2 inference on Hugging Face checkpoints"};
     app.require_subcommand(1);

@@ -27,7 +27,7 @@
 namespace dsv2_bench {
 
 struct Args {
-    std::string model, preset = "v2-lite", dtype = "bf16", cache = "auto";
+    std::string model, preset = "v2-lite", dtype = "bf16", cache = "auto", backend = "cpu";
     std::int64_t layers = 0, prompt = 512, gen = 64, depth = 0, batch = 1;
     int threads = 0, reps = 3;
     bool json = false, table1 = false;
@@ -51,6 +51,9 @@ inline void add_options(CLI::App* sub, Args& a) {
     sub->add_option("--depth", a.depth, "context tokens pre-filled before timing")->capture_default_str();
     sub->add_option("--batch", a.batch, "sequences decoded together")->capture_default_str();
     sub->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
+    sub->add_option("--backend", a.backend, "cpu, or cuda when built with DSV2_ENABLE_CUDA")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
     sub->add_option("--reps", a.reps, "repetitions; the median is reported")->capture_default_str();
     sub->add_flag("--json", a.json, "print one JSON object");
     sub->add_flag("--table1", a.table1, "print the paper's Table 1 at V2 and V2-Lite shapes and a 128K-token cache");
@@ -118,17 +121,34 @@ double resident_weight_bytes(Model& model) {
     return bytes;
 }
 
-template <class T>
-int run(const Args& a) {
+// What a bench run needs of its backend: a context, the bandwidth probe,
+// waiting for queued work, and the threads that fill random weights. The
+// CPU's is here; the GPU's (a device copy as the probe) in dsv2_cuda.cu.
+struct CpuBench {
+    using Backend = dsv2::cpu;
+    dsv2::Context<dsv2::cpu> ctx;
+    dsv2::TriadProbe probe;
+    explicit CpuBench(int threads) : ctx(threads), probe(ctx.threads) {}
+    double bandwidth(int passes) { return probe.measure(passes).bytes_per_s; }
+    void sync() {}
+    int fill_threads() const { return ctx.threads; }
+    int threads() const { return ctx.threads; }
+    std::string probe_name() const { return fmt::format("triad, {} threads", ctx.threads); }
+    std::string memory() const { return ""; }  // peak RSS says it all
+};
+
+template <class T, class Bench>
+int run(const Args& a, Bench& bench) {
     using Clock = std::chrono::steady_clock;
+    using B = typename Bench::Backend;
     DSV2_CHECK(a.prompt >= 0 && a.gen >= 0 && a.depth >= 0 && a.batch >= 1 && a.reps >= 1, dsv2::RangeError,
                "bench: --prompt, --gen, --depth must be >= 0 and --batch, --reps >= 1");
     const dsv2::Config cfg = bench_config(a);
-    dsv2::Context<dsv2::cpu> ctx(a.threads);
+    auto& ctx = bench.ctx;
     const auto t_build = Clock::now();
-    dsv2::Model<T, dsv2::cpu> model(ctx, cfg);
+    dsv2::Model<T, B> model(ctx, cfg);
     if (a.model.empty()) {
-        dsv2::init_random_fast(ctx, model, 42, ctx.threads);
+        dsv2::init_random_fast(ctx, model, 42, bench.fill_threads());
     } else {
         dsv2::Checkpoint ckpt(a.model);
         dsv2::LoadOptions opt;
@@ -138,8 +158,7 @@ int run(const Args& a) {
     const double build_s = std::chrono::duration<double>(Clock::now() - t_build).count();
     // Measured before the reps and again after each timed decode; each decode
     // rep is compared with the mean of the probes on either side of it.
-    dsv2::TriadProbe probe(ctx.threads);
-    std::vector<double> bw{probe.measure().bytes_per_s};
+    std::vector<double> bw{bench.bandwidth(4)};
 
     const std::int64_t per_seq = a.depth + std::max(a.prompt, a.gen);
     auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, dsv2::parse_latent_format(a.cache));
@@ -160,6 +179,7 @@ int run(const Args& a) {
         for (std::int64_t b = 0; b < a.batch; ++b) toks.push_back(random_tokens(n));
         for (std::int64_t b = 0; b < a.batch; ++b) batch.push_back({seqs[static_cast<std::size_t>(b)], toks[static_cast<std::size_t>(b)]});
         model.forward(ctx, session, batch, dsv2::Logits::last);
+        bench.sync();
     };
     auto truncate_all = [&](std::int64_t len) {
         for (auto s : seqs) session.cache.truncate(s, len);
@@ -181,7 +201,7 @@ int run(const Args& a) {
             for (std::int64_t g = 1; g < a.gen; ++g) step(1);
             const double s = std::chrono::duration<double>(Clock::now() - t0).count();
             tg.push_back(static_cast<double>((a.gen - 1) * a.batch) / s);
-            bw.push_back(probe.measure(2).bytes_per_s);
+            bw.push_back(bench.bandwidth(2));
         }
     }
 
@@ -201,24 +221,24 @@ int run(const Args& a) {
     const std::string name = a.model.empty() ? a.preset : a.model;
     if (a.json) {
         fmt::print(
-            "{{\"model\": \"{}\", \"dtype\": \"{}\", \"cache\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
+            "{{\"model\": \"{}\", \"backend\": \"{}\", \"dtype\": \"{}\", \"cache\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
             "\"depth\": {}, \"batch\": {}, \"reps\": {}, \"prefill_tokens_per_s\": {:.3f}, \"decode_tokens_per_s\": {:.3f}, "
             "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
             "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
             "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
-            name, a.dtype, cache_name, cfg.num_hidden_layers, ctx.threads, a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
+            name, a.backend, a.dtype, cache_name, cfg.num_hidden_layers, bench.threads(), a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
             tg_rate, decode_bytes, weight_bytes, cache_bytes, bw_median / 1e9, roofline, rss, resident, kv_per_token,
             build_s);
         return 0;
     }
-    fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} threads, batch {}, built in {:.1f} s\n", name,
-               cfg.num_hidden_layers, a.dtype, cache_name, ctx.threads, a.batch, build_s);
+    fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} backend, {} threads, batch {}, built in {:.1f} s\n",
+               name, cfg.num_hidden_layers, a.dtype, cache_name, a.backend, bench.threads(), a.batch, build_s);
     if (bw.size() == 1) {
-        fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads, best of 4 passes)\n", bw_median / 1e9, ctx.threads);
+        fmt::print("bandwidth  {:.2f} GB/s ({}, best of 4 passes)\n", bw_median / 1e9, bench.probe_name());
     } else {
-        fmt::print("bandwidth  {:.2f} GB/s (triad, {} threads; median of {} probes, {:.2f}-{:.2f}, one before the reps "
+        fmt::print("bandwidth  {:.2f} GB/s ({}; median of {} probes, {:.2f}-{:.2f}, one before the reps "
                    "and one after each decode)\n",
-                   bw_median / 1e9, ctx.threads, bw.size(), *bw_min / 1e9, *bw_max / 1e9);
+                   bw_median / 1e9, bench.probe_name(), bw.size(), *bw_min / 1e9, *bw_max / 1e9);
     }
     if (a.prompt > 0)
         fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, a.depth, pp_rate, a.reps);
@@ -229,17 +249,27 @@ int run(const Args& a) {
         fmt::print("roofline   {:.1f}% of the bandwidth probed around each rep (median; {:.2f} GB/s achieved)\n",
                    100 * roofline, decode_bytes * tg_rate / 1e9);
     }
-    fmt::print("memory     peak RSS {:.2f} GiB; weights {:.2f} GiB; latent cache {} bytes per token\n",
-               static_cast<double>(rss) / (1 << 30), resident / (1 << 30), session.cache.bytes_per_token());
+    fmt::print("memory     peak RSS {:.2f} GiB; weights {:.2f} GiB; latent cache {} bytes per token{}\n",
+               static_cast<double>(rss) / (1 << 30), resident / (1 << 30), session.cache.bytes_per_token(),
+               bench.memory());
     return 0;
 }
 
+template <class T>
+int run_cpu(const Args& a) {
+    CpuBench bench(a.threads);
+    return run<T>(a, bench);
+}
+
+int cmd_bench_cuda(const Args& a);  // dsv2.cpp: dsv2_cuda::bench where built with CUDA
+
 inline int cmd_bench(const Args& a) {
     if (a.table1) return cmd_table1();
-    if (a.dtype == "f32") return run<float>(a);
-    if (a.dtype == "bf16") return run<dsv2::bf16>(a);
-    if (a.dtype == "f16") return run<dsv2::f16>(a);
-    if (a.dtype == "int8") return run<dsv2::q8>(a);
+    if (a.backend == "cuda") return cmd_bench_cuda(a);
+    if (a.dtype == "f32") return run_cpu<float>(a);
+    if (a.dtype == "bf16") return run_cpu<dsv2::bf16>(a);
+    if (a.dtype == "f16") return run_cpu<dsv2::f16>(a);
+    if (a.dtype == "int8") return run_cpu<dsv2::q8>(a);
     DSV2_FAIL(dsv2::Unsupported, "--dtype {}: expected f32, bf16, f16 or int8", a.dtype);
 }
 

@@ -2,9 +2,11 @@
 // cmd_logits / cmd_generate in dsv2.cpp, with Model<T, cuda>.
 #include <dsv2/cuda.cuh>
 
+#include "dsv2_bench.hpp"
 #include "dsv2_cuda.hpp"
 
 #include <cstdio>
+#include <thread>
 
 namespace dsv2_cuda {
 namespace {
@@ -82,6 +84,61 @@ int generate(const std::string& model_dir, const std::string& dtype, const std::
                    result.prefill_tokens, rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,
                    rate(result.decode_tokens, result.decode_seconds));
         return 0;
+    });
+}
+
+namespace {
+
+// dsv2_bench::run's hooks on the GPU. The probe copies 1 GiB device to
+// device (read + write counted, the best of `passes`), as cudaMemcpy-based
+// bandwidth tests do; random weights are drawn on the host's cores.
+struct CudaBench {
+    using Backend = dsv2::cuda;
+    dsv2::Context<dsv2::cuda> ctx;
+    dsv2::Tensor<std::uint8_t, dsv2::cuda, 1> from{{std::int64_t{1} << 30}}, to{{std::int64_t{1} << 30}};
+
+    double bandwidth(int passes) {
+        cudaEvent_t a, b;
+        DSV2_CUDA_CHECK(cudaEventCreate(&a));
+        DSV2_CUDA_CHECK(cudaEventCreate(&b));
+        float best = 1e30f;
+        for (int i = 0; i < passes + 1; ++i) {  // the first pass warms up
+            DSV2_CUDA_CHECK(cudaEventRecord(a, ctx.stream));
+            DSV2_CUDA_CHECK(cudaMemcpyAsync(to.data(), from.data(), static_cast<std::size_t>(from.numel()),
+                                            cudaMemcpyDeviceToDevice, ctx.stream));
+            DSV2_CUDA_CHECK(cudaEventRecord(b, ctx.stream));
+            DSV2_CUDA_CHECK(cudaEventSynchronize(b));
+            float ms = 0;
+            DSV2_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+            if (i > 0) best = std::min(best, ms);
+        }
+        (void)cudaEventDestroy(a);
+        (void)cudaEventDestroy(b);
+        return 2.0 * static_cast<double>(from.numel()) / (static_cast<double>(best) * 1e-3);
+    }
+    void sync() { dsv2::synchronize(ctx); }
+    static int fill_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+    static int threads() { return 1; }  // the host thread that queues the work
+    std::string probe_name() const {
+        cudaDeviceProp prop{};
+        DSV2_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx.device));
+        return fmt::format("{}, device-to-device copy of 1 GiB, read + write", prop.name);
+    }
+    std::string memory() const {
+        std::size_t free = 0, total = 0;
+        DSV2_CUDA_CHECK(cudaMemGetInfo(&free, &total));
+        return fmt::format("; GPU memory in use {:.2f} of {:.2f} GiB", static_cast<double>(total - free) / (1 << 30),
+                           static_cast<double>(total) / (1 << 30));
+    }
+};
+
+}  // namespace
+
+int bench(const dsv2_bench::Args& args) {
+    require_device();
+    return with_dtype(args.dtype, [&]<class T>() {
+        CudaBench b;
+        return dsv2_bench::run<T>(args, b);
     });
 }
 

@@ -7,6 +7,10 @@
 #include <cstdint>
 #include <string>
 
+namespace dsv2_bench {
+struct Args;
+}
+
 namespace dsv2_cuda {
 
 // `dsv2 logits --backend cuda`: one prefill, float32 logits [T, vocab] to `out` (.npy).
@@ -15,5 +19,9 @@ int logits(const std::string& model, const std::string& dtype, const std::string
 // `dsv2 generate --backend cuda`: `prompt` text (byte-level models) or `tokens` ids.
 int generate(const std::string& model, const std::string& dtype, const std::string& prompt, const std::string& tokens,
              std::int64_t max_new_tokens, const dsv2::SamplerOptions& sampling);
+
+// `dsv2 bench --backend cuda`: dsv2_bench::run on Model<T, cuda>, the
+// bandwidth probe a device-to-device copy.
+int bench(const dsv2_bench::Args& args);
 
 }  // namespace dsv2_cuda

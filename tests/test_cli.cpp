@@ -191,6 +191,8 @@ TEST_CASE("dsv2 reports bad input clearly and exits non-zero", "[cli]") {
         {"generate" + model + " --tokens 1 --cache fp8", "--cache"},
         {"generate" + model + " --prompt hello", "tokenizer is not supported"},
         {"generate" + model + " --tokens 1 --top-p 0", "top_p"},
+        {"bench --preset tiny --backend tpu", "--backend"},
+        {"bench --preset tiny --backend cuda --dtype int8", "int8 weights and the int8 latent cache run on the cpu"},
     };
     for (const auto& b : cases) {
         const Run r = run(b.args);

@@ -38,12 +38,14 @@ struct GemvBatch {
     int count;
 };
 
-// Whether a product can take the kernel: few rows, 16-byte aligned rows.
+// Whether a product (n x k activations, m x k weights) can take the
+// kernel: few rows, 16-byte aligned rows, sizes in int.
 template <class T>
-bool gemv_fits(const T* w, long long ldw, const float* x, long long ldx, std::int64_t n, std::int64_t k) {
+bool gemv_fits(const T* w, long long ldw, const float* x, long long ldx, std::int64_t n, std::int64_t m,
+               std::int64_t k) {
     const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-    return n >= 1 && n <= kGemvMaxRows && k % 8 == 0 && ldw % 8 == 0 && ldx % 4 == 0 && aligned(w) && aligned(x) &&
-           k <= INT32_MAX;
+    return n >= 1 && n <= kGemvMaxRows && m >= 1 && m <= INT32_MAX && k % 8 == 0 && k <= INT32_MAX && ldw % 8 == 0 &&
+           ldx % 4 == 0 && aligned(w) && aligned(x);
 }
 
 __device__ __forceinline__ void widen8(const uint4& v, float (&f)[8], std::true_type /*bf16*/) {

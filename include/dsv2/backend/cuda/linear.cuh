@@ -20,6 +20,7 @@
 #include "dsv2/backend/cuda/gemv.cuh"
 #include "dsv2/backend/product.hpp"
 
+#include <optional>
 #include <vector>
 
 namespace dsv2 {
@@ -56,6 +57,25 @@ inline void check_product(std::string_view op, std::int64_t xn, std::int64_t xk,
     DSV2_CHECK(xk == wk && xn == yn && ym == wm, ShapeError,
                "{}: x is ({}, {}), weight gives ({} -> {}), y is ({}, {})", op, xn, xk, wk, wm, yn, ym);
     DSV2_CHECK(rows_ok, ShapeError, "{}: every operand needs unit stride along its rows", op);
+}
+
+template <class A, class T>
+void check_linear(View<const A, cuda, 2> x, View<const T, cuda, 2> w, View<A, cuda, 2> y) {
+    check_product("linear", x.shape[0], x.shape[1], w.shape[1], y.shape[0], y.shape[1], w.shape[0],
+                  x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
+}
+
+// Products that may take gemv.cuh: f32 activations, 16-bit weights.
+template <class A, class T>
+inline constexpr bool gemv_types = std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>);
+
+// y = x wᵀ (shapes checked) as a gemv.cuh product, when gemv_fits it.
+template <class A, class T>
+std::optional<GemvProduct> as_gemv(View<const A, cuda, 2> x, View<const T, cuda, 2> w, View<A, cuda, 2> y) {
+    const std::int64_t n = x.shape[0], k = x.shape[1], m = w.shape[0];
+    if (!gemv_fits(w.data, leading(w), x.data, leading(x), n, m, k)) return std::nullopt;
+    return GemvProduct{w.data, x.data, y.data, leading(w), leading(x), leading(y),
+                       static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), 0};
 }
 
 // Column-major C(m, n) = op(A)(m, k) · op(B)(k, n), A in the weight type T,
@@ -99,13 +119,11 @@ void linear(Context<cuda>& ctx,
 {
     using namespace cuda_detail;
     const std::int64_t n = x.shape[0], k = x.shape[1], m = w.shape[0];
-    check_product("linear", n, k, w.shape[1], y.shape[0], y.shape[1], m,
-                  x.rows_contiguous() && w.rows_contiguous() && y.rows_contiguous());
+    check_linear(x, w, y);
     if (n == 0 || m == 0) return;
-    if constexpr (std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)) {
-        if (gemv_fits(w.data, leading(w), x.data, leading(x), n, k) && m <= INT32_MAX) {
-            gemv_group<T>(ctx, {GemvProduct{w.data, x.data, y.data, leading(w), leading(x), leading(y),
-                                            static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), 0}});
+    if constexpr (gemv_types<A, T>) {
+        if (const auto product = as_gemv(x, w, y)) {
+            gemv_group<T>(ctx, {*product});
             return;
         }
     }
@@ -133,18 +151,15 @@ void matmul(Context<cuda>& ctx,
 template <class A, class W>
 void linear_group(Context<cuda>& ctx, const std::vector<Product<A, W, cuda>>& group) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(std::declval<W>().data)>>;
-    if constexpr (std::is_same_v<A, float> && (std::is_same_v<T, bf16> || std::is_same_v<T, f16>)) {
+    if constexpr (cuda_detail::gemv_types<A, T>) {
         using namespace cuda_detail;
         std::vector<GemvProduct> small;
         for (const auto& p : group) {
-            const std::int64_t n = p.x.shape[0], k = p.x.shape[1], m = p.w.shape[0];
-            check_product("linear", n, k, p.w.shape[1], p.y.shape[0], p.y.shape[1], m,
-                          p.x.rows_contiguous() && p.w.rows_contiguous() && p.y.rows_contiguous());
-            if (n > 0 && m > 0 && m <= INT32_MAX && gemv_fits(p.w.data, leading(p.w), p.x.data, leading(p.x), n, k)) {
-                small.push_back({p.w.data, p.x.data, p.y.data, leading(p.w), leading(p.x), leading(p.y),
-                                 static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), 0});
+            check_linear(p.x, p.w, p.y);
+            if (const auto product = as_gemv(p.x, p.w, p.y)) {
+                small.push_back(*product);
             } else {
-                linear(ctx, p.x, p.w, p.y);
+                linear(ctx, p.x, p.w, p.y);  // cuBLAS, or nothing for an empty product
             }
         }
         gemv_group<T>(ctx, small);

@@ -8,6 +8,12 @@
 // of context are pre-filled once, untimed; each rep then truncates back to
 // them and times a prefill of --prompt tokens, then (after truncating again)
 // --gen decode steps of one token per sequence.
+//
+// Several depths (`--depth 0,4096`) get a batch of sequences each, and their
+// decode steps take turns, one token at a time: on a machine whose memory
+// bandwidth drifts by tens of percent within minutes (a shared VM), runs
+// made one after the other compare the drift as much as the depths, while
+// turns a few milliseconds apart see the same machine.
 #pragma once
 
 #include <dsv2/dsv2.hpp>
@@ -18,6 +24,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,7 +35,8 @@ namespace dsv2_bench {
 
 struct Args {
     std::string model, preset = "v2-lite", dtype = "bf16", cache = "auto", backend = "cpu";
-    std::int64_t layers = 0, prompt = 512, gen = 64, depth = 0, batch = 1;
+    std::int64_t layers = 0, prompt = 512, gen = 64, batch = 1;
+    std::vector<std::int64_t> depths{0};
     int threads = 0, reps = 3;
     bool json = false, table1 = false;
 };
@@ -48,7 +56,10 @@ inline void add_options(CLI::App* sub, Args& a) {
         ->capture_default_str();
     sub->add_option("--prompt", a.prompt, "prefill tokens per sequence (0: skip)")->capture_default_str();
     sub->add_option("--gen", a.gen, "decode steps (0: skip)")->capture_default_str();
-    sub->add_option("--depth", a.depth, "context tokens pre-filled before timing")->capture_default_str();
+    sub->add_option("--depth", a.depths,
+                    "context tokens pre-filled before timing; several (0,4096) decode in turns, a token each")
+        ->delimiter(',')
+        ->capture_default_str();
     sub->add_option("--batch", a.batch, "sequences decoded together")->capture_default_str();
     sub->add_option("--threads", a.threads, "CPU threads (0: all)")->capture_default_str();
     sub->add_option("--backend", a.backend, "cpu, or cuda when built with DSV2_ENABLE_CUDA")
@@ -141,8 +152,11 @@ template <class T, class Bench>
 int run(const Args& a, Bench& bench) {
     using Clock = std::chrono::steady_clock;
     using B = typename Bench::Backend;
-    DSV2_CHECK(a.prompt >= 0 && a.gen >= 0 && a.depth >= 0 && a.batch >= 1 && a.reps >= 1, dsv2::RangeError,
-               "bench: --prompt, --gen, --depth must be >= 0 and --batch, --reps >= 1");
+    DSV2_CHECK(a.prompt >= 0 && a.gen >= 0 && a.batch >= 1 && a.reps >= 1, dsv2::RangeError,
+               "bench: --prompt, --gen must be >= 0 and --batch, --reps >= 1 (found {}, {}, {}, {})", a.prompt, a.gen,
+               a.batch, a.reps);
+    DSV2_CHECK(!a.depths.empty() && std::ranges::all_of(a.depths, [](std::int64_t d) { return d >= 0; }),
+               dsv2::RangeError, "bench: --depth {}: expected one or more depths >= 0", fmt::join(a.depths, ","));
     const dsv2::Config cfg = bench_config(a);
     auto& ctx = bench.ctx;
     const auto t_build = Clock::now();
@@ -160,11 +174,23 @@ int run(const Args& a, Bench& bench) {
     // rep is compared with the mean of the probes on either side of it.
     std::vector<double> bw{bench.bandwidth(4)};
 
-    const std::int64_t per_seq = a.depth + std::max(a.prompt, a.gen);
-    auto session = model.new_session(ctx, a.batch * per_seq, a.batch, 64, dsv2::parse_latent_format(a.cache));
+    // One batch of sequences per depth, each with its own timings.
+    struct Depth {
+        std::int64_t depth;
+        std::vector<std::int64_t> seqs;
+        std::vector<double> pp, tg;
+    };
+    std::vector<Depth> runs;
+    std::int64_t capacity = 0;
+    for (const std::int64_t d : a.depths) {
+        runs.push_back({d, {}, {}, {}});
+        capacity += a.batch * (d + std::max(a.prompt, a.gen));
+    }
+    const auto n_seqs = static_cast<std::int64_t>(runs.size()) * a.batch;
+    auto session = model.new_session(ctx, capacity, n_seqs, 64, dsv2::parse_latent_format(a.cache));
     const char* cache_name = dsv2::latent_format_name(session.cache.format());
-    std::vector<std::int64_t> seqs;
-    for (std::int64_t b = 0; b < a.batch; ++b) seqs.push_back(session.cache.add_sequence());
+    for (auto& r : runs)
+        for (std::int64_t b = 0; b < a.batch; ++b) r.seqs.push_back(session.cache.add_sequence());
     std::mt19937 rng(7);
     std::uniform_int_distribution<std::int32_t> token(0, static_cast<std::int32_t>(cfg.vocab_size - 1));
     auto random_tokens = [&](std::int64_t n) {
@@ -172,63 +198,85 @@ int run(const Args& a, Bench& bench) {
         for (auto& v : t) v = token(rng);
         return t;
     };
-    // One step in which every sequence gets `n` new tokens.
-    auto step = [&](std::int64_t n) {
+    // One step in which every sequence of a depth gets `n` new tokens; its
+    // seconds.
+    auto step = [&](const Depth& r, std::int64_t n) {
         std::vector<std::vector<std::int32_t>> toks;
         std::vector<dsv2::SequenceTokens> batch;
         for (std::int64_t b = 0; b < a.batch; ++b) toks.push_back(random_tokens(n));
-        for (std::int64_t b = 0; b < a.batch; ++b) batch.push_back({seqs[static_cast<std::size_t>(b)], toks[static_cast<std::size_t>(b)]});
+        for (std::int64_t b = 0; b < a.batch; ++b)
+            batch.push_back({r.seqs[static_cast<std::size_t>(b)], toks[static_cast<std::size_t>(b)]});
+        const auto t0 = Clock::now();
         model.forward(ctx, session, batch, dsv2::Logits::last);
         bench.sync();
+        return std::chrono::duration<double>(Clock::now() - t0).count();
     };
-    auto truncate_all = [&](std::int64_t len) {
-        for (auto s : seqs) session.cache.truncate(s, len);
+    auto truncate = [&](const Depth& r) {
+        for (auto s : r.seqs) session.cache.truncate(s, r.depth);
     };
-    for (std::int64_t done = 0; done < a.depth; done += 512) step(std::min<std::int64_t>(512, a.depth - done));
+    for (const auto& r : runs)
+        for (std::int64_t done = 0; done < r.depth; done += 512) step(r, std::min<std::int64_t>(512, r.depth - done));
 
-    std::vector<double> pp, tg;
-    for (int r = 0; r < a.reps; ++r) {
+    for (int rep = 0; rep < a.reps; ++rep) {
         if (a.prompt > 0) {
-            truncate_all(a.depth);
-            const auto t0 = Clock::now();
-            step(a.prompt);
-            pp.push_back(static_cast<double>(a.prompt * a.batch) / std::chrono::duration<double>(Clock::now() - t0).count());
+            for (auto& r : runs) {
+                truncate(r);
+                r.pp.push_back(static_cast<double>(a.prompt * a.batch) / step(r, a.prompt));
+            }
         }
         if (a.gen > 0) {
-            truncate_all(a.depth);
-            step(1);  // warm-up, untimed: first decode step sizes the scratch
-            const auto t0 = Clock::now();
-            for (std::int64_t g = 1; g < a.gen; ++g) step(1);
-            const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-            tg.push_back(static_cast<double>((a.gen - 1) * a.batch) / s);
+            std::vector<double> seconds(runs.size(), 0.0);
+            for (auto& r : runs) {
+                truncate(r);
+                step(r, 1);  // warm-up, untimed: first decode step sizes the scratch
+            }
+            for (std::int64_t g = 1; g < a.gen; ++g)
+                for (std::size_t i = 0; i < runs.size(); ++i) seconds[i] += step(runs[i], 1);
+            for (std::size_t i = 0; i < runs.size(); ++i)
+                runs[i].tg.push_back(static_cast<double>((a.gen - 1) * a.batch) / seconds[i]);
             bw.push_back(bench.bandwidth(2));
         }
     }
 
-    const double pp_rate = median(pp), tg_rate = median(tg);
     const double weight_bytes = weight_bytes_per_token(model) / static_cast<double>(a.batch);
     const double resident = resident_weight_bytes(model);
     const double kv_per_token = static_cast<double>(session.cache.bytes_per_token());
-    const double mean_context = static_cast<double>(a.depth) + static_cast<double>(a.gen) / 2.0;
-    const double cache_bytes = kv_per_token * mean_context;  // each sequence reads its own context
-    const double decode_bytes = weight_bytes + cache_bytes;
-    std::vector<double> fractions;  // each decode rep against the probes around it
-    for (std::size_t r = 0; r < tg.size(); ++r) fractions.push_back(decode_bytes * tg[r] / ((bw[r] + bw[r + 1]) / 2));
-    const double roofline = median(fractions), bw_median = median(bw);
+    const double bw_median = median(bw);
     const auto [bw_min, bw_max] = std::minmax_element(bw.begin(), bw.end());
     const std::int64_t rss = peak_rss_bytes();
+    // The figures of one depth.
+    struct Report {
+        double pp_rate, tg_rate, cache_bytes, decode_bytes, roofline;
+    };
+    const auto report = [&](const Depth& r) {
+        Report x{};
+        x.pp_rate = median(r.pp);
+        x.tg_rate = median(r.tg);
+        // Each sequence reads its own context, on average the depth plus half the steps.
+        x.cache_bytes = kv_per_token * (static_cast<double>(r.depth) + static_cast<double>(a.gen) / 2.0);
+        x.decode_bytes = weight_bytes + x.cache_bytes;
+        std::vector<double> fractions;  // each decode rep against the probes around it
+        for (std::size_t i = 0; i < r.tg.size(); ++i)
+            fractions.push_back(x.decode_bytes * r.tg[i] / ((bw[i] + bw[i + 1]) / 2));
+        x.roofline = median(fractions);
+        return x;
+    };
 
     const std::string name = a.model.empty() ? a.preset : a.model;
-    if (a.json) {
-        fmt::print(
-            "{{\"model\": \"{}\", \"backend\": \"{}\", \"dtype\": \"{}\", \"cache\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
-            "\"depth\": {}, \"batch\": {}, \"reps\": {}, \"prefill_tokens_per_s\": {:.3f}, \"decode_tokens_per_s\": {:.3f}, "
-            "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
-            "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
-            "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}}}\n",
-            name, a.backend, a.dtype, cache_name, cfg.num_hidden_layers, bench.threads(), a.prompt, a.gen, a.depth, a.batch, a.reps, pp_rate,
-            tg_rate, decode_bytes, weight_bytes, cache_bytes, bw_median / 1e9, roofline, rss, resident, kv_per_token,
-            build_s);
+    if (a.json) {  // one object per depth, a line each
+        for (const auto& r : runs) {
+            const Report x = report(r);
+            fmt::print(
+                "{{\"model\": \"{}\", \"backend\": \"{}\", \"dtype\": \"{}\", \"cache\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
+                "\"depth\": {}, \"batch\": {}, \"reps\": {}, \"prefill_tokens_per_s\": {:.3f}, \"decode_tokens_per_s\": {:.3f}, "
+                "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
+                "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
+                "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}, "
+                "\"depths_in_turn\": {}}}\n",
+                name, a.backend, a.dtype, cache_name, cfg.num_hidden_layers, bench.threads(), a.prompt, a.gen, r.depth, a.batch,
+                a.reps, x.pp_rate, x.tg_rate, x.decode_bytes, weight_bytes, x.cache_bytes, bw_median / 1e9, x.roofline, rss,
+                resident, kv_per_token, build_s, runs.size());
+        }
         return 0;
     }
     fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} backend, {} threads, batch {}, built in {:.1f} s\n",
@@ -240,14 +288,23 @@ int run(const Args& a, Bench& bench) {
                    "and one after each decode)\n",
                    bw_median / 1e9, bench.probe_name(), bw.size(), *bw_min / 1e9, *bw_max / 1e9);
     }
-    if (a.prompt > 0)
-        fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, a.depth, pp_rate, a.reps);
-    if (a.gen > 0) {
-        fmt::print("decode     tg{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.gen, a.depth, tg_rate, a.reps);
-        fmt::print("bytes/tok  {:.3f} GB = weights {:.3f} GB + latent cache {:.4f} GB\n", decode_bytes / 1e9,
-                   weight_bytes / 1e9, cache_bytes / 1e9);
-        fmt::print("roofline   {:.1f}% of the bandwidth probed around each rep (median; {:.2f} GB/s achieved)\n",
-                   100 * roofline, decode_bytes * tg_rate / 1e9);
+    if (runs.size() > 1 && a.gen > 0)
+        fmt::print("turns      the {} depths decode in turns, one token each\n", runs.size());
+    for (const auto& r : runs) {
+        const Report x = report(r);
+        if (a.prompt > 0)
+            fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, r.depth, x.pp_rate, a.reps);
+        if (a.gen > 0) {
+            fmt::print("decode     tg{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})", a.gen, r.depth, x.tg_rate, a.reps);
+            if (&r != &runs.front()) {
+                const double first = report(runs.front()).tg_rate;
+                fmt::print("  {:+.1f}% against depth {}", 100 * (x.tg_rate / first - 1), runs.front().depth);
+            }
+            fmt::print("\nbytes/tok  {:.3f} GB = weights {:.3f} GB + latent cache {:.4f} GB\n", x.decode_bytes / 1e9,
+                       weight_bytes / 1e9, x.cache_bytes / 1e9);
+            fmt::print("roofline   {:.1f}% of the bandwidth probed around each rep (median; {:.2f} GB/s achieved)\n",
+                       100 * x.roofline, x.decode_bytes * x.tg_rate / 1e9);
+        }
     }
     fmt::print("memory     peak RSS {:.2f} GiB; weights {:.2f} GiB; latent cache {} bytes per token{}\n",
                static_cast<double>(rss) / (1 << 30), resident / (1 << 30), session.cache.bytes_per_token(),

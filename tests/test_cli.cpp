@@ -165,6 +165,22 @@ TEST_CASE("dsv2 logits, generate and bench run with --cache int8", "[cli][latent
     CHECK_THAT(b.output, Catch::Contains("\"cache\": \"int8\"") && Catch::Contains("\"kv_cache_bytes_per_token\": 204,"));
 }
 
+TEST_CASE("dsv2 bench decodes several depths in turns and prints a JSON line for each", "[cli]") {
+    const Run b = run("bench --preset tiny --prompt 4 --gen 3 --depth 0,24 --reps 1 --threads 2 --json");
+    INFO(b.output);
+    REQUIRE(b.status == 0);
+    std::vector<std::string> lines;
+    std::istringstream in(b.output);
+    for (std::string line; std::getline(in, line);)
+        if (line.starts_with("{")) lines.push_back(line);
+    REQUIRE(lines.size() == 2);
+    // The tiny preset's 288 bytes per token: the depth-24 rows read 24 + 3/2
+    // tokens of context on average, the depth-0 ones 3/2.
+    CHECK_THAT(lines[0], Catch::Contains("\"depth\": 0,") && Catch::Contains("\"decode_cache_bytes_per_token\": 432,") &&
+                             Catch::Contains("\"depths_in_turn\": 2"));
+    CHECK_THAT(lines[1], Catch::Contains("\"depth\": 24,") && Catch::Contains("\"decode_cache_bytes_per_token\": 7344,"));
+}
+
 TEST_CASE("dsv2 info summarises the config", "[cli]") {
     const Run r = run("info --model " + (data_dir() / "tiny_v2").string());
     REQUIRE(r.status == 0);
@@ -192,6 +208,7 @@ TEST_CASE("dsv2 reports bad input clearly and exits non-zero", "[cli]") {
         {"generate" + model + " --prompt hello", "tokenizer is not supported"},
         {"generate" + model + " --tokens 1 --top-p 0", "top_p"},
         {"bench --preset tiny --backend tpu", "--backend"},
+        {"bench --preset tiny --depth 0,-4", "--depth 0,-4: expected one or more depths >= 0"},
         {"bench --preset tiny --backend cuda --dtype int8", "int8 weights and the int8 latent cache run on the cpu"},
     };
     for (const auto& b : cases) {

@@ -261,11 +261,14 @@ int run(const Args& a, Bench& bench) {
         x.roofline = median(fractions);
         return x;
     };
+    std::vector<Report> reports;  // one per depth, in the order of `runs`
+    for (const auto& r : runs) reports.push_back(report(r));
 
     const std::string name = a.model.empty() ? a.preset : a.model;
     if (a.json) {  // one object per depth, a line each
-        for (const auto& r : runs) {
-            const Report x = report(r);
+        for (std::size_t i = 0; i < runs.size(); ++i) {
+            const Depth& r = runs[i];
+            const Report& x = reports[i];
             fmt::print(
                 "{{\"model\": \"{}\", \"backend\": \"{}\", \"dtype\": \"{}\", \"cache\": \"{}\", \"layers\": {}, \"threads\": {}, \"prompt\": {}, \"gen\": {}, "
                 "\"depth\": {}, \"batch\": {}, \"reps\": {}, \"prefill_tokens_per_s\": {:.3f}, \"decode_tokens_per_s\": {:.3f}, "
@@ -290,16 +293,15 @@ int run(const Args& a, Bench& bench) {
     }
     if (runs.size() > 1 && a.gen > 0)
         fmt::print("turns      the {} depths decode in turns, one token each\n", runs.size());
-    for (const auto& r : runs) {
-        const Report x = report(r);
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        const Depth& r = runs[i];
+        const Report& x = reports[i];
         if (a.prompt > 0)
             fmt::print("prefill    pp{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})\n", a.prompt, r.depth, x.pp_rate, a.reps);
         if (a.gen > 0) {
             fmt::print("decode     tg{:<5} @ depth {:<6} {:8.2f} tok/s  (median of {})", a.gen, r.depth, x.tg_rate, a.reps);
-            if (&r != &runs.front()) {
-                const double first = report(runs.front()).tg_rate;
-                fmt::print("  {:+.1f}% against depth {}", 100 * (x.tg_rate / first - 1), runs.front().depth);
-            }
+            if (i > 0)
+                fmt::print("  {:+.1f}% against depth {}", 100 * (x.tg_rate / reports[0].tg_rate - 1), runs[0].depth);
             fmt::print("\nbytes/tok  {:.3f} GB = weights {:.3f} GB + latent cache {:.4f} GB\n", x.decode_bytes / 1e9,
                        weight_bytes / 1e9, x.cache_bytes / 1e9);
             fmt::print("roofline   {:.1f}% of the bandwidth probed around each rep (median; {:.2f} GB/s achieved)\n",

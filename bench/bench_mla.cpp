@@ -75,15 +75,17 @@ BENCHMARK(BM_mla<bf16>)->Apply(shapes);
 BENCHMARK(BM_mla<q8>)->Apply(shapes);
 
 // The decode kernel alone, V2-Lite's 16 heads over the latent cache: a bf16
-// cache (mla_decode, f32 FMAs) against an int8 cache (mla_decode_q8, VNNI on
-// AVX-512 VNNI CPUs). Bytes are the cache rows read; flop_roofline is the
-// FLOP rate over the f32 FMA peak measured in the same run (the int8 kernel
-// can pass 1: its products are not FMAs).
+// cache through exact f32 FMAs or through bf16 dot products (AVX512_BF16
+// CPUs; elsewhere the f32 path again), against an int8 cache (mla_decode_q8,
+// VNNI on AVX-512 VNNI CPUs). Bytes are the cache rows read; flop_roofline is
+// the FLOP rate over the f32 FMA peak measured in the same run (the bf16-dot
+// and int8 kernels can pass 1: their products are not FMAs).
 void BM_mla_decode_kernel(benchmark::State& state) {
-    const bool int8 = state.range(0) != 0, cold = state.range(2) != 0;
+    const bool int8 = state.range(0) == 2, cold = state.range(2) != 0;
     const std::int64_t context = state.range(1), heads = 16, rank = 512, w = 576, page = 64;
     const std::int64_t blocks = (context + page - 1) / page;
     Ctx ctx;
+    ctx.bf16_cache_products = state.range(0) == 1 ? Bf16CacheProducts::bf16_dot : Bf16CacheProducts::exact;
     const auto f = LatentQ8Format::make(rank, w - rank);
     Tensor<float, cpu, 2> rows({blocks * page, w});
     bench::fill(rows);
@@ -112,9 +114,9 @@ void BM_mla_decode_kernel(benchmark::State& state) {
     state.counters["peak_GFLOPs"] = peak / 1e9;
 #endif
 }
-// {cache (0 bf16, 1 int8), context, cold}
+// {cache (0 bf16 exact, 1 bf16 dot products, 2 int8), context, cold}
 BENCHMARK(BM_mla_decode_kernel)
-    ->ArgsProduct({{0, 1}, {128, 1024, 4096, 32768}, {0, 1}})
+    ->ArgsProduct({{0, 1, 2}, {128, 1024, 4096, 32768}, {0, 1}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 

@@ -317,23 +317,37 @@ TEMPLATE_TEST_CASE("paged MLA decode equals attention over the gathered rows", "
     }
 }
 
-// The bf16 cache's AVX-512 path (mla_decode_avx512.hpp; the Eigen path on
-// other CPUs): head counts around its 4-head score and 8-head value tiles,
-// widths around its 32-lane blocks (V2-Lite's 512 + 64 among them), lengths
-// around its 128-row tiles and the 512 keys a thread needs before the context
+// The bf16 cache's AVX-512 paths — exact f32 products (mla_decode_avx512.hpp)
+// and bf16 dot products (mla_decode_bf16_dot.hpp, on AVX512_BF16 CPUs for an
+// even width and a rank that is a multiple of 32) — and the Eigen path on
+// other CPUs: head counts around the 4-head score and 8-head value tiles and
+// the dot kernel's 16-head blocks (20 heads: two), widths around the 32-lane
+// blocks (V2-Lite's 512 + 64 among them), lengths around the 128-row tiles,
+// the 8-row score blocks and the 512 keys a thread needs before the context
 // is split, and two sequences of different lengths in one call.
 TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered rows", "[kernels]") {
     using T = dsv2::bf16;
+    using dsv2::Bf16CacheProducts;
+    const Bf16CacheProducts products = GENERATE(Bf16CacheProducts::exact, Bf16CacheProducts::bf16_dot);
     struct Shape { std::int64_t heads, rank, rope; };
-    for (const Shape sh : {Shape{1, 24, 8}, Shape{3, 40, 9}, Shape{16, 512, 64}, Shape{5, 64, 32}, Shape{4, 20, 8}}) {
+    for (const Shape sh : {Shape{1, 24, 8}, Shape{3, 40, 9}, Shape{16, 512, 64}, Shape{5, 64, 32}, Shape{4, 20, 8},
+                           Shape{20, 96, 8}, Shape{2, 32, 2}}) {
         const std::int64_t heads = sh.heads, rank = sh.rank, w = sh.rank + sh.rope;
         const double scale = 2.0 / std::sqrt(double(w));
         for (std::int64_t page : {3, 16, 64}) {
             for (const auto& lens : {std::vector<std::int64_t>{1, 3}, std::vector<std::int64_t>{127, 129},
                                      std::vector<std::int64_t>{1023, 128}, std::vector<std::int64_t>{2100, 515}}) {
                 for (int threads : {1, 2}) {
+                    dsv2::Context<cpu> ctx(threads);
+                    ctx.bf16_cache_products = products;
+#if DSV2_X86_KERNELS
+                    const bool dot = dsv2::cpu_detail::use_bf16_dot(ctx, w, rank);
+#else
+                    const bool dot = false;
+#endif
                     INFO(heads << " heads, width " << rank << " + " << sh.rope << ", page " << page << ", contexts "
-                               << lens[0] << " and " << lens[1] << ", " << threads << " threads");
+                               << lens[0] << " and " << lens[1] << ", " << threads << " threads, bf16 dot products "
+                               << dot);
                     const std::int64_t blocks = (std::max(lens[0], lens[1]) + page - 1) / page,
                                        n_pages = 2 * blocks + 1;
                     std::vector<std::int32_t> perm(static_cast<std::size_t>(n_pages));
@@ -344,18 +358,26 @@ TEST_CASE("paged MLA decode of a bf16 cache equals attention over the gathered r
                         t1(table.begin() + blocks, table.end());
                     const auto pv = random_values<T>(static_cast<std::size_t>(n_pages * page * w), 30);
                     const auto qv = random_values<float>(static_cast<std::size_t>(2 * heads * w), 31);
-                    dsv2::Context<cpu> ctx(threads);
                     dsv2::Tensor<float, cpu, 3> got({2, heads, rank});
                     dsv2::mla_decode(ctx, dsv2::View<const float, cpu, 3>(qv.data(), {2, heads, w}),
                                      dsv2::View<const T, cpu, 3>(pv.data(), {n_pages, page, w}),
                                      dsv2::View<const std::int32_t, cpu, 2>(table.data(), {2, blocks}), lens, scale,
                                      got.view());
+                    // The dot kernel rounds scale · q to bf16: the reference
+                    // takes the same query, so what is left is the rounding
+                    // of the probabilities to bf16 (relative 2^-9 each).
+                    std::vector<float> q_ref = qv;
+                    double scale_ref = scale;
+                    if (dot) {
+                        for (auto& e : q_ref) e = float(T(e * float(scale)));
+                        scale_ref = 1.0;
+                    }
                     using dsv2::test::mla_reference;
-                    auto want = mla_reference(pv, qv.data(), w, t0, page, heads, rank, w, lens[0], scale);
-                    const auto want1 = mla_reference(pv, qv.data() + heads * w, w, t1, page, heads, rank, w, lens[1],
-                                                     scale);
+                    auto want = mla_reference(pv, q_ref.data(), w, t0, page, heads, rank, w, lens[0], scale_ref);
+                    const auto want1 = mla_reference(pv, q_ref.data() + heads * w, w, t1, page, heads, rank, w,
+                                                     lens[1], scale_ref);
                     want.insert(want.end(), want1.begin(), want1.end());
-                    require_close(std::vector<float>(got.data(), got.data() + got.numel()), want, 2e-5);
+                    require_close(std::vector<float>(got.data(), got.data() + got.numel()), want, dot ? 4e-3 : 2e-5);
                 }
             }
         }

@@ -7,7 +7,9 @@
 #include "fixtures.hpp"
 #include "step_fixture.hpp"
 
+#include <cmath>
 #include <limits>
+#include <random>
 #include <set>
 
 using namespace dsv2;
@@ -214,4 +216,53 @@ TEST_CASE("the automatic attention path: naive for prefill, absorbed for decode,
     CHECK_FALSE(mla.uses_naive(step_of({Seq{0, 0, 512, 0, {}}})));
     mla.path = AttentionPath::naive;
     CHECK(mla.uses_naive(step_of({Seq{0, 0, 1, 4095, {}}})));
+}
+
+// V2-Lite's attention shape (16 heads, rank 512 + 64) in a two-layer bf16
+// model with random weights, decoding token by token over its bf16 cache:
+// through bf16 dot products (q and P rounded to bf16; AVX512_BF16 CPUs)
+// against exact f32 products over the same rows.
+TEST_CASE("a V2-Lite-shaped bf16 model decodes through bf16 dot products near the exact products",
+          "[mla][model]") {
+    Config cfg = Config::tiny();
+    cfg.num_attention_heads = 16;
+    cfg.kv_lora_rank = 512;
+    cfg.qk_rope_head_dim = 64;
+    cfg.num_hidden_layers = 2;
+    // Dense MLPs: a routed top-k near a tie could flip on any rounding and
+    // hide the attention's error behind an expert's.
+    cfg.first_k_dense_replace = 2;
+    cfg.validate();
+    CpuCtx ctx(2);
+    Model<bf16, cpu> model(ctx, cfg);
+    init_random(ctx, model, 5);
+    std::vector<std::vector<std::int32_t>> toks(2);
+    std::mt19937 rng(3);
+    for (auto& t : toks)
+        for (int i = 0; i < 60; ++i) t.push_back(static_cast<std::int32_t>(rng() % cfg.vocab_size));
+    toks[1].resize(37);
+    const auto decode = [&](Bf16CacheProducts products) {
+        ctx.bf16_cache_products = products;
+        auto session = model.new_session(ctx, 2 * cfg.max_position_embeddings, 3, 16);
+        const std::vector<std::int64_t> ids{session.cache.add_sequence(), session.cache.add_sequence()};
+        auto logits = logits_token_by_token(ctx, model, session, ids, toks);
+        ctx.bf16_cache_products = Bf16CacheProducts::fastest;
+        return logits;
+    };
+    const auto exact = decode(Bf16CacheProducts::exact), dot = decode(Bf16CacheProducts::bf16_dot);
+    double err = 0, scale = 0;
+    for (std::size_t i = 0; i < exact.size(); ++i) {
+        REQUIRE(std::isfinite(dot[i]));
+        err = std::max(err, std::abs(dot[i] - exact[i]));
+        scale = std::max(scale, std::abs(exact[i]));
+    }
+    INFO("max |logit difference|, bf16 dot products vs exact: " << err << ", max |logit| " << scale);
+#if DSV2_X86_KERNELS
+    // The rounding is visible where the dot kernel runs: it did run.
+    CpuCtx forced(2);
+    forced.bf16_cache_products = Bf16CacheProducts::bf16_dot;
+    if (cpu_detail::use_bf16_dot(forced, cfg.latent_dim(), cfg.kv_lora_rank)) REQUIRE(err > 0);
+#endif
+    // Measured 2026-11-30 (Zen 5): see docs/usage.md, "bf16 latent cache".
+    REQUIRE(err <= 0.01 * scale);
 }

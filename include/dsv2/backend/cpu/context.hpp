@@ -25,9 +25,19 @@ struct Memory<cpu> {
     static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
 };
 
+// How MLA decode multiplies over a bf16 latent cache on AVX-512 CPUs
+// (backend/cpu/mla_decode.hpp):
+//   fastest   bf16 dot products (q and the softmax weights rounded to bf16,
+//             as GPU kernels do) where the CPU has AVX512_BF16 and they are
+//             measured to pay, exact f32 products elsewhere;
+//   exact     f32 products, exact per product, on every CPU;
+//   bf16_dot  bf16 dot products wherever the CPU has them (tests, benchmarks).
+enum class Bf16CacheProducts { fastest, exact, bf16_dot };
+
 template <>
 struct Context<cpu> {
     int threads = default_threads();
+    Bf16CacheProducts bf16_cache_products = Bf16CacheProducts::fastest;
 
     Context() = default;
     explicit Context(int n_threads) : threads(n_threads > 0 ? n_threads : default_threads()) {}

@@ -11,19 +11,26 @@
 // them. Long contexts are split over the threads, each with its own running
 // max, sum and output, merged at the end (flash-decoding).
 //
-// Two implementations: a bf16 cache (the default for bf16 and int8 models) on
-// an AVX-512 CPU takes the hand-written kernels of mla_decode_avx512.hpp —
-// 128-row tiles of row pointers across pages, widened once into L2 and the
-// next one prefetched, exact f32 products, about 70 GMAC/s on 2 cores with
-// cold caches, splitting from 2 x 512 keys; every other element type or
-// CPU takes the Eigen path below (page-sized tiles widened to f32, two small
-// GEMMs, ~16 GMAC/s), splitting from 2 x 256 keys.
+// Three implementations:
+//   - a bf16 cache on an AVX512_BF16 CPU where bf16 dot products are measured
+//     to pay (Context<cpu>::bf16_cache_products): mla_decode_bf16_dot.hpp,
+//     heads in lanes, q and P rounded to bf16, about twice the rate of
+//   - a bf16 cache on other AVX-512 CPUs: the hand-written kernels of
+//     mla_decode_avx512.hpp — 128-row tiles of row pointers across pages,
+//     widened once into L2 and the next one prefetched, exact f32 products,
+//     about 70 GMAC/s on 2 cores with cold caches;
+//   - every other element type or CPU: the Eigen path below (page-sized
+//     tiles widened to f32, two small GEMMs, ~16 GMAC/s).
+// The AVX-512 paths split a context over the threads from 2 x 512 keys, the
+// Eigen path from 2 x 256.
 #pragma once
 
 #include "dsv2/backend/cpu/flash_decode.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
 #include "dsv2/backend/cpu/linear.hpp"
 #include "dsv2/backend/cpu/mla_decode_avx512.hpp"
+#include "dsv2/backend/cpu/mla_decode_bf16_dot.hpp"
+#include "dsv2/backend/cpu/mla_decode_lanes.hpp"
 #include "dsv2/backend/cpu/scratch.hpp"
 #include "dsv2/backend/shapes.hpp"
 
@@ -181,6 +188,61 @@ inline void mla_decode_bf16_seq(Context<cpu>& ctx, const float* q, std::int64_t 
     }
     merge_splits(heads, rank, parts, o, rp, max, sum, merged, out, out_ld);
 }
+
+// One sequence through a heads-in-lanes kernel (mla_decode_lanes.hpp): head
+// blocks of 16, the context split over the threads within each block.
+// prepare(h0, nh) readies the query of heads [h0, h0 + nh); split(s0, s1, o,
+// max, sum) leaves the softmax state of rows [s0, s1) for that block, its
+// channels in lane_channel_of's order for `regroup_rows`.
+template <class Prepare, class Split>
+void decode_lane_blocks(Context<cpu>& ctx, std::int64_t heads, std::int64_t rank, std::int64_t len,
+                        std::int64_t page, std::int64_t min_keys_per_split, std::int64_t regroup_rows, float* out,
+                        std::int64_t out_ld, Prepare&& prepare, Split&& split) {
+    const int parts = static_cast<int>(
+        std::clamp<std::int64_t>(len / min_keys_per_split, 1, std::min<std::int64_t>(ctx.threads, kMaxLaneSplits)));
+    const std::int64_t chunk = page_aligned_chunk(len, parts, page);
+    // Per split (rank, 16), then max and sum (16 each), then the merge's (rank, 16).
+    float* o = f32_scratch<kScratchSplits>((parts * (rank + 2) + rank) * kLaneHeads);
+    float* max = o + parts * rank * kLaneHeads;
+    float* sum = max + parts * kLaneHeads;
+    float* merged = sum + parts * kLaneHeads;
+    for (std::int64_t h0 = 0; h0 < heads; h0 += kLaneHeads) {
+        const std::int64_t nh = std::min(kLaneHeads, heads - h0);
+        prepare(h0, nh);
+#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
+        for (int p = 0; p < parts; ++p) {
+            const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
+            split(s0, s1, o + p * rank * kLaneHeads, max + p * kLaneHeads, sum + p * kLaneHeads);
+        }
+        merge_lane_splits(parts, rank, regroup_rows, nh, o, max, sum, merged, out + h0 * out_ld, out_ld);
+    }
+}
+
+// Whether a bf16 cache of rows of w lanes (rank of them values) takes the
+// bf16 dot-product kernel (mla_decode_bf16_dot.hpp) under this context.
+inline bool use_bf16_dot(const Context<cpu>& ctx, std::int64_t w, std::int64_t rank) {
+    if (w % 2 != 0 || rank % 32 != 0) return false;
+    switch (ctx.bf16_cache_products) {
+        case Bf16CacheProducts::fastest: return bf16_dot_pays();
+        case Bf16CacheProducts::bf16_dot: return has_avx512() && __builtin_cpu_supports("avx512bf16");
+        case Bf16CacheProducts::exact: return false;
+    }
+    return false;
+}
+
+// The bf16 cache through bf16 dot products, one sequence.
+inline void mla_decode_bf16_dot_seq(Context<cpu>& ctx, const float* q, std::int64_t ldq, std::int64_t heads,
+                                    std::int64_t w, std::int64_t rank, const bf16* pages, std::int64_t page,
+                                    const std::int32_t* table, std::int64_t len, float scale, float* out,
+                                    std::int64_t out_ld) {
+    auto* qpairs = reinterpret_cast<std::uint32_t*>(f32_scratch<kScratchQuery>(w / 2 * kLaneHeads));
+    decode_lane_blocks(
+        ctx, heads, rank, len, page, kMinKeysPerFastSplit, 2, out, out_ld,
+        [&](std::int64_t h0, std::int64_t nh) { prepare_bf16_query(q + h0 * ldq, ldq, nh, w, scale, qpairs); },
+        [&](std::int64_t s0, std::int64_t s1, float* o, float* max, float* sum) {
+            decode_split_bf16_dot(qpairs, w, rank, pages, page, table, s0, s1, o, max, sum);
+        });
+}
 #endif
 
 }  // namespace cpu_detail
@@ -206,6 +268,12 @@ void mla_decode(Context<cpu>& ctx,
         check_block_table("mla_decode", b, table, len, page, pages.shape[0]);
 #if DSV2_X86_KERNELS
         if constexpr (std::is_same_v<T, bf16>) {
+            if (use_bf16_dot(ctx, w, rank)) {
+                mla_decode_bf16_dot_seq(ctx, q.data + b * q.stride[0], q.stride[1], heads, w, rank, pages.data, page,
+                                        table, len, static_cast<float>(scale), out.data + b * out.stride[0],
+                                        out.stride[1]);
+                continue;
+            }
             if (has_avx512()) {
                 mla_decode_bf16_seq(ctx, q.data + b * q.stride[0], q.stride[1], heads, w, rank, pages.data, page,
                                     table, len, static_cast<float>(scale), out.data + b * out.stride[0],

@@ -25,10 +25,8 @@ namespace dsv2 {
 namespace cpu_detail {
 
 #if DSV2_X86_KERNELS
-// Below this many keys per thread the q8 path does not split; at most this
-// many splits (merge_q8_splits keeps a weight vector per split).
+// Below this many keys per thread the q8 path does not split.
 inline constexpr std::int64_t kMinKeysPerQ8Split = 512;
-inline constexpr std::int64_t kMaxQ8Splits = 64;
 
 // The rope lanes' product in vdpbf16ps where the CPU has it; tests turn this
 // off to check the f32 path on such CPUs too.
@@ -85,65 +83,22 @@ DSV2_AVX512 inline Q8Query prepare_q8_query(const float* q, std::int64_t ldq, st
     return Q8Query{reinterpret_cast<const std::uint8_t*>(q8), offset, qscale, rope, rope_pairs};
 }
 
-// out[h][c] (h < nh, row stride out_ld) = Σ_p e^(max_p − M) o_p / Σ_p e^(max_p − M) sum_p
-// over the parts' states (o_p: (rank, 16) in q8_regroup4's word order).
-DSV2_AVX512 inline void merge_q8_splits(int parts, std::int64_t rank, std::int64_t nh, const float* o,
-                                        const float* max, const float* sum, float* merged, float* out,
-                                        std::int64_t out_ld) {
-    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int p = 0; p < parts; ++p) m = _mm512_maskz_max_ps(0xffff, m, _mm512_loadu_ps(max + p * 16));
-    __m512 weight[kMaxQ8Splits], denom = _mm512_setzero_ps();
-    for (int p = 0; p < parts; ++p) {
-        // An empty split (sum 0) weighs nothing.
-        const __m512 s = _mm512_loadu_ps(sum + p * 16);
-        const __mmask16 live = _mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-        weight[p] = _mm512_maskz_mov_ps(live, exp16(_mm512_sub_ps(_mm512_loadu_ps(max + p * 16), m)));
-        denom = _mm512_fmadd_ps(weight[p], s, denom);
-    }
-    for (int p = 0; p < parts; ++p) weight[p] = _mm512_div_ps(weight[p], denom);
-    for (std::int64_t w = 0; w < rank; ++w) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int p = 0; p < parts; ++p) acc = _mm512_fmadd_ps(weight[p], _mm512_loadu_ps(o + (p * rank + w) * 16), acc);
-        _mm512_storeu_ps(merged + w * 16, acc);
-    }
-    // Back from heads in lanes and the regrouped word order.
-    for (std::int64_t c = 0; c < rank; c += 64)
-        for (std::int64_t k = 0; k < 4; ++k)
-            for (std::int64_t i = 0; i < 16; ++i) {
-                const float* src = merged + (c + 16 * k + i) * 16;
-                float* dst = out + c + (i / 4) * 16 + k * 4 + i % 4;
-                for (std::int64_t h = 0; h < nh; ++h) dst[h * out_ld] = src[h];
-            }
-}
-
 // One sequence on AVX-512 VNNI: head blocks of 16, the context split over
 // the threads within each block.
 inline void mla_decode_q8_seq(Context<cpu>& ctx, const float* q, std::int64_t ldq, std::int64_t heads,
                               const LatentQ8Format& f, const std::uint8_t* pages, std::int64_t page,
                               const std::int32_t* table, std::int64_t len, float scale, float* out,
                               std::int64_t out_ld) {
-    const int parts = static_cast<int>(
-        std::clamp<std::int64_t>(len / kMinKeysPerQ8Split, 1, std::min<std::int64_t>(ctx.threads, kMaxQ8Splits)));
-    const std::int64_t chunk = page_aligned_chunk(len, parts, page);
     float* qbuf = f32_scratch<kScratchQuery>(q8_query_floats(f));
-    // Per split (rank, 16), then max and sum (16 each), then the merge's (rank, 16).
-    float* o = f32_scratch<kScratchSplits>((parts * (f.rank + 2) + f.rank) * 16);
-    float* max = o + parts * f.rank * 16;
-    float* sum = max + parts * 16;
-    float* merged = sum + parts * 16;
     const bool bf16_rope = q8_bf16_rope_allowed && has_avx512_bf16() && f.rope % 2 == 0;
-    for (std::int64_t h0 = 0; h0 < heads; h0 += kQ8Heads) {
-        const std::int64_t nh = std::min(kQ8Heads, heads - h0);
-        const Q8Query qq = prepare_q8_query(q + h0 * ldq, ldq, nh, f, scale, qbuf);
-#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
-        for (int p = 0; p < parts; ++p) {
-            const std::int64_t s0 = std::min(len, p * chunk), s1 = std::min(len, s0 + chunk);
-            float *op = o + p * f.rank * 16, *mp = max + p * 16, *sp = sum + p * 16;
-            if (bf16_rope) decode_split_q8<true>(qq, f, pages, page, table, s0, s1, op, mp, sp);
-            else decode_split_q8<false>(qq, f, pages, page, table, s0, s1, op, mp, sp);
-        }
-        merge_q8_splits(parts, f.rank, nh, o, max, sum, merged, out + h0 * out_ld, out_ld);
-    }
+    Q8Query qq;
+    decode_lane_blocks(
+        ctx, heads, f.rank, len, page, kMinKeysPerQ8Split, 4, out, out_ld,
+        [&](std::int64_t h0, std::int64_t nh) { qq = prepare_q8_query(q + h0 * ldq, ldq, nh, f, scale, qbuf); },
+        [&](std::int64_t s0, std::int64_t s1, float* o, float* max, float* sum) {
+            if (bf16_rope) decode_split_q8<true>(qq, f, pages, page, table, s0, s1, o, max, sum);
+            else decode_split_q8<false>(qq, f, pages, page, table, s0, s1, o, max, sum);
+        });
 }
 #endif
 

@@ -26,6 +26,7 @@
 
 #include "dsv2/backend/cpu/gemv_q8.hpp"
 #include "dsv2/backend/cpu/mla_decode_avx512.hpp"
+#include "dsv2/backend/cpu/mla_decode_lanes.hpp"
 #include "dsv2/backend/cpu/prefetch.hpp"
 #include "dsv2/backend/cpu/scratch.hpp"
 #include "dsv2/core/latent_q8.hpp"
@@ -40,7 +41,6 @@ namespace dsv2::cpu_detail {
 // Rows per tile of the q8 kernels (a multiple of 8): 128 rows of V2 are 82 KiB
 // of cache bytes and 64 KiB regrouped, both in L2.
 inline constexpr std::int64_t kQ8Tile = 128;
-inline constexpr std::int64_t kQ8Heads = 16;  // heads per block: the lanes of a zmm
 
 #if DSV2_X86_KERNELS
 
@@ -126,7 +126,7 @@ DSV2_AVX512_VNNI_BF16 inline void q8_score_block8(const std::uint8_t* const* row
 
 // Four rows' int8 lanes regrouped into 32-bit words of one lane from each
 // row, signed; the words of a 64-lane stretch come out in the order of
-// q8_channel_of, 16 at out, the next 16 at out + block_stride, and so on.
+// lane_channel_of (rows = 4), 16 at out, the next 16 at out + block_stride, and so on.
 DSV2_AVX512 inline void q8_regroup4(const std::uint8_t* r0, const std::uint8_t* r1, const std::uint8_t* r2,
                                     const std::uint8_t* r3, std::int64_t rank, std::int32_t* out,
                                     std::int64_t block_stride) {
@@ -144,14 +144,6 @@ DSV2_AVX512 inline void q8_regroup4(const std::uint8_t* r0, const std::uint8_t* 
         _mm512_storeu_si512(o + 2 * block_stride, _mm512_unpacklo_epi16(hi01, hi23));
         _mm512_storeu_si512(o + 3 * block_stride, _mm512_unpackhi_epi16(hi01, hi23));
     }
-}
-
-// The lane of the row that regrouped word w (of q8_regroup4's output) holds:
-// in each 128-bit block L of a 64-lane stretch, unpacking bytes then 16-bit
-// pairs leaves lanes 16L + {0..3, 4..7, 8..11, 12..15} in the four stores.
-inline std::int64_t q8_channel_of(std::int64_t w) {
-    const std::int64_t c = w / 64 * 64, k = (w % 64) / 16, i = w % 16;
-    return c + (i / 4) * 16 + k * 4 + i % 4;
 }
 
 // a[i] += Σ of 4 products of p's bytes with those of the 32-bit word v[i],

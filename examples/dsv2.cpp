@@ -156,15 +156,22 @@ struct GenerateArgs {
     std::string prompt, tokens;
     std::int64_t max_new_tokens = 64;
     dsv2::SamplerOptions sampling;
+    bool exact_attention = false;
 };
 
 int cmd_generate(const Common& c, const GenerateArgs& g) {
     check_backend(c);
 #ifdef DSV2_WITH_CUDA
-    if (c.backend == "cuda") return dsv2_cuda::generate(c.model, c.dtype, g.prompt, g.tokens, g.max_new_tokens, g.sampling);
+    if (c.backend == "cuda") {
+        DSV2_CHECK(!g.exact_attention, dsv2::Unsupported,
+                   "generate --backend cuda --exact-attention: the GPU's decode kernel rounds q and P to the cache's "
+                   "16-bit type; exact attention over a bf16 cache is a cpu option");
+        return dsv2_cuda::generate(c.model, c.dtype, g.prompt, g.tokens, g.max_new_tokens, g.sampling);
+    }
 #endif
     return with_dtype(c.dtype, [&]<class T>() {
         dsv2::Context<dsv2::cpu> ctx(c.threads);
+        if (g.exact_attention) ctx.bf16_cache_products = dsv2::Bf16CacheProducts::exact;
         const auto model = load<T>(ctx, c.model);
         const dsv2::ByteTokenizer bytes;
         const bool text_io = dsv2::ByteTokenizer::fits(model.config);
@@ -211,6 +218,9 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
 int dsv2_bench::cmd_bench_cuda(const Args& a) {
     DSV2_CHECK(a.dtype != "int8" && a.cache != "int8", dsv2::Unsupported,
                "bench --backend cuda: int8 weights and the int8 latent cache run on the cpu backend only so far");
+    DSV2_CHECK(!a.exact_attention, dsv2::Unsupported,
+               "bench --backend cuda --exact-attention: the GPU's decode kernel rounds q and P to the cache's 16-bit "
+               "type; exact attention over a bf16 cache is a cpu option");
 #ifdef DSV2_WITH_CUDA
     return dsv2_cuda::bench(a);
 #else
@@ -263,6 +273,9 @@ int main(int argc, char** argv) {
     gen->add_option("--top-k", g.sampling.top_k, "sample among the k best (0: all)")->capture_default_str();
     gen->add_option("--top-p", g.sampling.top_p, "nucleus mass")->capture_default_str();
     gen->add_option("--seed", g.sampling.seed, "sampling seed")->capture_default_str();
+    gen->add_flag("--exact-attention", g.exact_attention,
+                  "exact f32 products in decode attention over a bf16 cache (cpu; default: bf16 dot products where "
+                  "the CPU makes them pay, docs/usage.md)");
 
     auto* bench = app.add_subcommand("bench", "prefill/decode tokens per second and the memory roofline (llama-bench style)");
     dsv2_bench::Args bench_args;

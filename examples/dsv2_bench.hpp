@@ -38,7 +38,7 @@ struct Args {
     std::int64_t layers = 0, prompt = 512, gen = 64, batch = 1;
     std::vector<std::int64_t> depths{0};
     int threads = 0, reps = 3;
-    bool json = false, table1 = false;
+    bool json = false, table1 = false, exact_attention = false;
 };
 
 inline void add_options(CLI::App* sub, Args& a) {
@@ -66,6 +66,9 @@ inline void add_options(CLI::App* sub, Args& a) {
         ->check(CLI::IsMember({"cpu", "cuda"}))
         ->capture_default_str();
     sub->add_option("--reps", a.reps, "repetitions; the median is reported")->capture_default_str();
+    sub->add_flag("--exact-attention", a.exact_attention,
+                  "exact f32 products in decode attention over a bf16 cache (cpu; default: bf16 dot products where "
+                  "the CPU makes them pay, docs/usage.md)");
     sub->add_flag("--json", a.json, "print one JSON object");
     sub->add_flag("--table1", a.table1, "print the paper's Table 1 at V2 and V2-Lite shapes and a 128K-token cache");
 }
@@ -139,13 +142,19 @@ struct CpuBench {
     using Backend = dsv2::cpu;
     dsv2::Context<dsv2::cpu> ctx;
     dsv2::TriadProbe probe;
-    explicit CpuBench(int threads) : ctx(threads), probe(ctx.threads) {}
+    explicit CpuBench(const Args& a) : ctx(a.threads), probe(ctx.threads) {
+        if (a.exact_attention) ctx.bf16_cache_products = dsv2::Bf16CacheProducts::exact;
+    }
     double bandwidth(int passes) { return probe.measure(passes).bytes_per_s; }
     void sync() {}
     int fill_threads() const { return ctx.threads; }
     int threads() const { return ctx.threads; }
     std::string probe_name() const { return fmt::format("triad, {} threads", ctx.threads); }
     std::string memory() const { return ""; }  // peak RSS says it all
+    template <class T>
+    std::string attention(const dsv2::LatentCache<T, dsv2::cpu>& cache, const dsv2::Config& cfg) const {
+        return dsv2::mla_decode_arithmetic<T>(ctx, cache.int8(), cache.width(), cfg.kv_lora_rank);
+    }
 };
 
 template <class T, class Bench>
@@ -189,6 +198,7 @@ int run(const Args& a, Bench& bench) {
     const auto n_seqs = static_cast<std::int64_t>(runs.size()) * a.batch;
     auto session = model.new_session(ctx, capacity, n_seqs, 64, dsv2::parse_latent_format(a.cache));
     const char* cache_name = dsv2::latent_format_name(session.cache.format());
+    const std::string attention = bench.attention(session.cache, cfg);  // how decode attention multiplies
     for (auto& r : runs)
         for (std::int64_t b = 0; b < a.batch; ++b) r.seqs.push_back(session.cache.add_sequence());
     std::mt19937 rng(7);
@@ -275,15 +285,16 @@ int run(const Args& a, Bench& bench) {
                 "\"decode_bytes_per_token\": {:.0f}, \"decode_weight_bytes_per_token\": {:.0f}, "
                 "\"decode_cache_bytes_per_token\": {:.0f}, \"bandwidth_gb_s\": {:.3f}, \"decode_roofline_fraction\": {:.4f}, "
                 "\"peak_rss_bytes\": {}, \"weight_bytes\": {:.0f}, \"kv_cache_bytes_per_token\": {:.0f}, \"build_seconds\": {:.2f}, "
-                "\"depths_in_turn\": {}}}\n",
+                "\"depths_in_turn\": {}, \"attention\": \"{}\"}}\n",
                 name, a.backend, a.dtype, cache_name, cfg.num_hidden_layers, bench.threads(), a.prompt, a.gen, r.depth, a.batch,
                 a.reps, x.pp_rate, x.tg_rate, x.decode_bytes, weight_bytes, x.cache_bytes, bw_median / 1e9, x.roofline, rss,
-                resident, kv_per_token, build_s, runs.size());
+                resident, kv_per_token, build_s, runs.size(), attention);
         }
         return 0;
     }
     fmt::print("model      {} ({} layers), dtype {}, {} latent cache, {} backend, {} threads, batch {}, built in {:.1f} s\n",
                name, cfg.num_hidden_layers, a.dtype, cache_name, a.backend, bench.threads(), a.batch, build_s);
+    if (!attention.empty()) fmt::print("attention  {} (decode)\n", attention);
     if (bw.size() == 1) {
         fmt::print("bandwidth  {:.2f} GB/s ({}, best of 4 passes)\n", bw_median / 1e9, bench.probe_name());
     } else {
@@ -316,7 +327,7 @@ int run(const Args& a, Bench& bench) {
 
 template <class T>
 int run_cpu(const Args& a) {
-    CpuBench bench(a.threads);
+    CpuBench bench(a);
     return run<T>(a, bench);
 }
 

@@ -130,6 +130,13 @@ struct CudaBench {
         return fmt::format("; GPU memory in use {:.2f} of {:.2f} GiB", static_cast<double>(total - free) / (1 << 30),
                            static_cast<double>(total) / (1 << 30));
     }
+    // mla_decode.cuh: 16-bit caches on the tensor cores; other types gather.
+    template <class T>
+    std::string attention(const dsv2::LatentCache<T, dsv2::cuda>&, const dsv2::Config&) const {
+        if constexpr (std::is_same_v<T, dsv2::bf16> || std::is_same_v<T, dsv2::f16>)
+            return "tensor-core products (mma.sync), q and P rounded to the cache's 16-bit type";
+        return "gathered rows through the general attention";
+    }
 };
 
 }  // namespace

@@ -181,6 +181,26 @@ TEST_CASE("dsv2 bench decodes several depths in turns and prints a JSON line for
     CHECK_THAT(lines[1], Catch::Contains("\"depth\": 24,") && Catch::Contains("\"decode_cache_bytes_per_token\": 7344,"));
 }
 
+TEST_CASE("dsv2 bench names its decode attention and --exact-attention keeps it exact", "[cli]") {
+    // The tiny preset's bf16 rows (rank 32 + rope 16) fit the bf16 dot-product
+    // kernel, which decode takes where the CPU makes it pay.
+    const dsv2::Context<cpu> ctx(2);
+    const std::string fastest = dsv2::mla_decode_arithmetic<bf16>(ctx, false, 48, 32);
+    const std::string args = "bench --preset tiny --dtype bf16 --prompt 4 --gen 2 --reps 1 --threads 2 --json";
+    const Run b = run(args);
+    REQUIRE(b.status == 0);
+    CHECK_THAT(b.output, Catch::Contains("\"attention\": \"" + fastest + "\""));
+    const Run e = run(args + " --exact-attention");
+    REQUIRE(e.status == 0);
+    CHECK_THAT(e.output, Catch::Contains("\"attention\": \"exact f32 products\""));
+    const Run t = run("bench --preset tiny --dtype bf16 --prompt 4 --gen 2 --reps 1 --threads 2 --exact-attention");
+    REQUIRE(t.status == 0);
+    CHECK_THAT(t.output, Catch::Contains("attention  exact f32 products (decode)"));
+    const Run g = run("generate --model " + (data_dir() / "tiny_v2").string() +
+                      " --tokens 1,2 --max-new-tokens 2 --dtype bf16 --exact-attention --threads 2");
+    CHECK(g.status == 0);
+}
+
 TEST_CASE("dsv2 info summarises the config", "[cli]") {
     const Run r = run("info --model " + (data_dir() / "tiny_v2").string());
     REQUIRE(r.status == 0);

@@ -238,15 +238,7 @@ TEST_CASE("a model over an int8 latent cache: token by token equals prefill, nea
 // (q and P rounded to 8 bits), prefill the exact path over the same rows;
 // the int8 cache's own error (against a dense cache) is the yardstick.
 TEST_CASE("a V2-Lite-shaped model over an int8 latent cache: decode stays near prefill", "[latent_q8][model]") {
-    dsv2::Config cfg = dsv2::Config::tiny();
-    cfg.num_attention_heads = 16;
-    cfg.kv_lora_rank = 512;
-    cfg.qk_rope_head_dim = 64;
-    cfg.num_hidden_layers = 2;
-    // Dense MLPs: a routed top-k near a tie could flip on any rounding and
-    // hide the attention's error behind an expert's.
-    cfg.first_k_dense_replace = 2;
-    cfg.validate();
+    const auto cfg = dsv2::test::v2_lite_attention_config();
     dsv2::Context<cpu> ctx(2);
     dsv2::Model<float, cpu> model(ctx, cfg);
     dsv2::init_random(ctx, model, 5);

@@ -224,15 +224,7 @@ TEST_CASE("the automatic attention path: naive for prefill, absorbed for decode,
 // against exact f32 products over the same rows.
 TEST_CASE("a V2-Lite-shaped bf16 model decodes through bf16 dot products near the exact products",
           "[mla][model]") {
-    Config cfg = Config::tiny();
-    cfg.num_attention_heads = 16;
-    cfg.kv_lora_rank = 512;
-    cfg.qk_rope_head_dim = 64;
-    cfg.num_hidden_layers = 2;
-    // Dense MLPs: a routed top-k near a tie could flip on any rounding and
-    // hide the attention's error behind an expert's.
-    cfg.first_k_dense_replace = 2;
-    cfg.validate();
+    const auto cfg = dsv2::test::v2_lite_attention_config();
     CpuCtx ctx(2);
     Model<bf16, cpu> model(ctx, cfg);
     init_random(ctx, model, 5);

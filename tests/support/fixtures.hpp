@@ -135,4 +135,19 @@ std::vector<double> logits_token_by_token(CpuCtx& ctx, const Model& model, Sessi
     return stepped;
 }
 
+// V2-Lite's attention shape (16 heads, rank 512 + 64) in a two-layer tiny
+// model, for the decode kernels of that shape in a whole model. Dense MLPs:
+// a routed top-k near a tie could flip on any rounding and hide the
+// attention's error behind an expert's.
+inline Config v2_lite_attention_config() {
+    Config cfg = Config::tiny();
+    cfg.num_attention_heads = 16;
+    cfg.kv_lora_rank = 512;
+    cfg.qk_rope_head_dim = 64;
+    cfg.num_hidden_layers = 2;
+    cfg.first_k_dense_replace = 2;
+    cfg.validate();
+    return cfg;
+}
+
 }  // namespace dsv2::test

@@ -14,7 +14,8 @@
 // Three implementations:
 //   - a bf16 cache on an AVX512_BF16 CPU where bf16 dot products are measured
 //     to pay (Context<cpu>::bf16_cache_products): mla_decode_bf16_dot.hpp,
-//     heads in lanes, q and P rounded to bf16, about twice the rate of
+//     heads in lanes, q and P rounded to bf16, about twice the exact
+//     kernel's rate there;
 //   - a bf16 cache on other AVX-512 CPUs: the hand-written kernels of
 //     mla_decode_avx512.hpp — 128-row tiles of row pointers across pages,
 //     widened once into L2 and the next one prefetched, exact f32 products,
@@ -263,7 +264,7 @@ const char* mla_decode_arithmetic(const Context<cpu>& ctx, bool int8_rows, std::
         if (has_avx512()) return "exact f32 products";
     }
 #else
-    (void)ctx, (void)w;
+    (void)ctx, (void)w, (void)rank;
     if (int8_rows) return "f32 over the dequantized rows";
 #endif
     return "exact f32 products";

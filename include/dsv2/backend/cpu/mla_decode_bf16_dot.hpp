@@ -224,20 +224,10 @@ DSV2_AVX512_BF16 inline void decode_split_bf16_dot(const std::uint32_t* q, std::
                                                    float* sum) {
     std::fill(o, o + rank * 16, 0.0f);
     __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), l = _mm512_setzero_ps();
-    thread_local std::vector<const bf16*> rows;  // this tile's and the next one's
-    rows.resize(static_cast<std::size_t>(2 * kDotTile));
-    const bf16** here = rows.data();
-    const bf16** next = rows.data() + kDotTile;
-    // Row pointers of [j, j + tile), padded to a multiple of 8 with the last
-    // row (whose probabilities are set to 0 below).
+    const bf16** here = lane_tile_pointers<bf16>(kDotTile);
+    const bf16** next = here + kDotTile;
     const auto row_pointers = [&](std::int64_t j, const bf16** out) {
-        const std::int64_t n = std::clamp<std::int64_t>(s1 - j, 0, kDotTile);
-        for (std::int64_t i = 0, k = j / page, in_page = j % page; i < n; ++i) {
-            out[i] = pages + (static_cast<std::int64_t>(table[k]) * page + in_page) * w;
-            if (++in_page == page) in_page = 0, ++k;
-        }
-        for (std::int64_t i = n; i < (n + 7) / 8 * 8; ++i) out[i] = out[n - 1];
-        return n;
+        return lane_tile_rows(pages, page, w, table, j, s1, kDotTile, out);
     };
     // Per thread: scores (tile, 16), the paired probabilities (tile / 2, 16)
     // and the regrouped rows (rank / 16 blocks of (tile / 2, 16) words, a

@@ -9,8 +9,10 @@
 #include "dsv2/backend/cpu/exp16.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 namespace dsv2::cpu_detail {
 
@@ -19,13 +21,40 @@ inline constexpr std::int64_t kLaneHeads = 16;  // heads per block: the lanes of
 inline constexpr std::int64_t kMaxLaneSplits = 64;
 
 // The channel of output word w when the rows were regrouped by unpacking
-// `rows` rows' elements into 32-bit words: in each 128-bit block L of a
-// stretch of 16 · rows channels, the unpacks leave channels
-// (16 / rows) L + {0..3} in the first store, + {4..7} in the next, and so on,
-// and the k-th store of the stretch lands 16 words after the (k−1)-th.
+// `rows` rows' elements (bytes for 4, bf16 for 2) into 32-bit words: a
+// 128-bit block L of a stretch of 16 · rows channels holds channels
+// 4 · rows · L + [0, 4 · rows) of each row, and the unpacks leave its
+// channels + {0..3} in the stretch's first store, + {4..7} in the second, and
+// so on; each store is 16 words, the k-th 16 words after the (k−1)-th.
 inline std::int64_t lane_channel_of(std::int64_t w, std::int64_t rows) {
     const std::int64_t stretch = 16 * rows, c = w / stretch * stretch, k = (w % stretch) / 16, i = w % 16;
     return c + (i / 4) * 4 * rows + k * 4 + i % 4;
+}
+
+// The heads-in-lanes kernels read a tile of rows through its pointers:
+// this thread's buffer of 2 · tile of them (the tile's and the next one's),
+// kept across calls.
+template <class Row>
+const Row** lane_tile_pointers(std::int64_t tile) {
+    thread_local std::vector<const Row*> rows;
+    rows.resize(static_cast<std::size_t>(2 * tile));
+    return rows.data();
+}
+
+// Pointers to rows [j, min(j + tile, s1)) of a sequence whose rows (of
+// row_len elements, `page` to a page) lie in the pages its block table names,
+// into out, padded to a multiple of 8 with the last row (whose probabilities
+// the kernels set to 0); returns how many are real.
+template <class Row>
+std::int64_t lane_tile_rows(const Row* pages, std::int64_t page, std::int64_t row_len, const std::int32_t* table,
+                            std::int64_t j, std::int64_t s1, std::int64_t tile, const Row** out) {
+    const std::int64_t n = std::clamp<std::int64_t>(s1 - j, 0, tile);
+    for (std::int64_t i = 0, k = j / page, in_page = j % page; i < n; ++i) {
+        out[i] = pages + (static_cast<std::int64_t>(table[k]) * page + in_page) * row_len;
+        if (++in_page == page) in_page = 0, ++k;
+    }
+    for (std::int64_t i = n; i < (n + 7) / 8 * 8; ++i) out[i] = out[n - 1];
+    return n;
 }
 
 #if DSV2_X86_KERNELS

@@ -211,20 +211,10 @@ DSV2_AVX512_VNNI_BF16 inline void decode_split_q8(const Q8Query& q, const Latent
     const std::int64_t rank = f.rank, rb = f.row_bytes();
     std::fill(o, o + rank * 16, 0.0f);
     __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), l = _mm512_setzero_ps();
-    thread_local std::vector<const std::uint8_t*> rows;  // this tile's and the next one's
-    rows.resize(static_cast<std::size_t>(2 * kQ8Tile));
-    const std::uint8_t** here = rows.data();
-    const std::uint8_t** next = rows.data() + kQ8Tile;
-    // Row pointers of [j, j + tile), padded to a multiple of 8 with the last
-    // row (whose probabilities are set to 0 below).
+    const std::uint8_t** here = lane_tile_pointers<std::uint8_t>(kQ8Tile);
+    const std::uint8_t** next = here + kQ8Tile;
     const auto row_pointers = [&](std::int64_t j, const std::uint8_t** out) {
-        const std::int64_t n = std::clamp<std::int64_t>(s1 - j, 0, kQ8Tile);
-        for (std::int64_t i = 0, k = j / page, in_page = j % page; i < n; ++i) {
-            out[i] = pages + (static_cast<std::int64_t>(table[k]) * page + in_page) * rb;
-            if (++in_page == page) in_page = 0, ++k;
-        }
-        for (std::int64_t i = n; i < (n + 7) / 8 * 8; ++i) out[i] = out[n - 1];
-        return n;
+        return lane_tile_rows(pages, page, rb, table, j, s1, kQ8Tile, out);
     };
     // Per thread: scores then probabilities (tile, 16), the rope lanes in f32
     // (tile, rope), the quantized probabilities (groups, tile / 4, 16) and the

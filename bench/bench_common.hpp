@@ -28,51 +28,21 @@ inline double bandwidth_bytes_per_s() {
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// Peak-rate probes: independent chains of 512-bit f32 FMAs (32 FLOP each) or
-// bf16 dot products (`vdpbf16ps`, 64 FLOP each) in registers only; returns
-// FLOP per second of one thread.
-template <bool Bf16>
-__attribute__((target("avx512f,avx512bf16"))) double peak_loop() {
-    constexpr int kChains = 16;
-    constexpr std::int64_t kIters = std::int64_t{1} << 22;
-    __m512 acc[kChains];
-    for (auto& a : acc) a = _mm512_setzero_ps();
-    const __m512 a = _mm512_set1_ps(1e-3f), b = _mm512_set1_ps(1e-3f);
-    auto ah = _mm512_cvtne2ps_pbh(a, a);
-    const auto bh = _mm512_cvtne2ps_pbh(b, b);
-    __m512 av = a;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (std::int64_t i = 0; i < kIters; ++i) {
-        // An opaque multiplicand keeps the loop. (A barrier on an accumulator,
-        // as this probe once had, sends all sixteen through memory on every
-        // iteration, and the probe then measured stores, not arithmetic.)
-        if constexpr (Bf16) __asm__ volatile("" : "+v"(ah));
-        else __asm__ volatile("" : "+v"(av));
-#pragma GCC unroll 16
-        for (auto& c : acc) {
-            if constexpr (Bf16) c = _mm512_dpbf16_ps(c, ah, bh);
-            else c = _mm512_fmadd_ps(av, b, c);
-        }
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    __m512 sum = acc[0];
-    for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
-    benchmark::DoNotOptimize(sum);
-    return (Bf16 ? 64.0 : 32.0) * kChains * static_cast<double>(kIters) / s;
-}
-
-// Peak FLOP/s of all benchmark threads: f32 FMA (the roof of every product
-// in linear()), or bf16 dot products where the CPU has AVX512-BF16 (printed
-// for comparison: on the machines of docs/benchmarks.md, half the FMA rate).
+// Peak FLOP/s of all benchmark threads (2 per multiply-add of the library's
+// probe, backend/cpu/bf16_dot.hpp): f32 FMA (the roof of every product in
+// linear()), or bf16 dot products where the CPU has AVX512-BF16 (half the FMA
+// rate on the Xeon of docs/benchmarks.md, nearly twice it on Zen 5).
 inline double peak_flops(bool bf16_dot) {
+    constexpr std::int64_t kPeakIters = std::int64_t{1} << 22;
     static const auto probe = [](bool bf) {
         double total = 0;
 #pragma omp parallel num_threads(bench_threads()) reduction(+ : total)
-        total += bf ? peak_loop<true>() : peak_loop<false>();
+        total += 2.0 * (bf ? cpu_detail::peak_macs_per_s<true>(kPeakIters)
+                           : cpu_detail::peak_macs_per_s<false>(kPeakIters));
         return total;
     };
     static const double f32 = probe(false);
-    static const double bf = __builtin_cpu_supports("avx512bf16") ? probe(true) : f32;
+    static const double bf = cpu_detail::has_avx512_bf16() ? probe(true) : f32;
     return bf16_dot ? bf : f32;
 }
 #endif

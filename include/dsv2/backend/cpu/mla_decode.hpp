@@ -28,7 +28,6 @@
 
 #include "dsv2/backend/cpu/flash_decode.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
-#include "dsv2/backend/cpu/gemv_q8.hpp"
 #include "dsv2/backend/cpu/linear.hpp"
 #include "dsv2/backend/cpu/mla_decode_avx512.hpp"
 #include "dsv2/backend/cpu/mla_decode_bf16_dot.hpp"
@@ -226,7 +225,7 @@ inline bool use_bf16_dot(const Context<cpu>& ctx, std::int64_t w, std::int64_t r
     if (w % 2 != 0 || rank % 32 != 0) return false;
     switch (ctx.bf16_cache_products) {
         case Bf16CacheProducts::fastest: return bf16_dot_pays();
-        case Bf16CacheProducts::bf16_dot: return has_avx512() && __builtin_cpu_supports("avx512bf16");
+        case Bf16CacheProducts::bf16_dot: return has_avx512_bf16();
         case Bf16CacheProducts::exact: return false;
     }
     return false;
@@ -248,27 +247,6 @@ inline void mla_decode_bf16_dot_seq(Context<cpu>& ctx, const float* q, std::int6
 #endif
 
 }  // namespace cpu_detail
-
-// The arithmetic of MLA decode (mla_decode, mla_decode_q8) under this
-// context over a cache of element type T — or of 8-bit rows — whose rows are
-// w lanes, `rank` of them values: in words, for reports such as `dsv2 bench`.
-template <class T>
-const char* mla_decode_arithmetic(const Context<cpu>& ctx, bool int8_rows, std::int64_t w, std::int64_t rank) {
-    using namespace cpu_detail;
-#if DSV2_X86_KERNELS
-    if (int8_rows)
-        return has_avx512_vnni() && rank % 64 == 0 ? "int8 dot products, q and P rounded to 8 bits"
-                                                   : "f32 over the dequantized rows";
-    if constexpr (std::is_same_v<T, bf16>) {
-        if (use_bf16_dot(ctx, w, rank)) return "bf16 dot products, q and P rounded to bf16";
-        if (has_avx512()) return "exact f32 products";
-    }
-#else
-    (void)ctx, (void)w, (void)rank;
-    if (int8_rows) return "f32 over the dequantized rows";
-#endif
-    return "exact f32 products";
-}
 
 // out[b, h] = softmax(scale · q[b, h] · Kᵀ) V over the first lengths[b] cached
 // rows of sequence b (block table row b), the query at the last position.

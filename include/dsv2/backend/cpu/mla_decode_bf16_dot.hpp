@@ -1,7 +1,8 @@
 // The AVX512_BF16 kernel of MLA decode over a bf16 latent cache, for CPUs
 // whose `vdpbf16ps` issues about as often as an f32 FMA (Zen 5: 7.8 against
 // 8.5 G/s per core), so that its two multiply-adds per lane make it twice the
-// f32 kernel's rate; mla_decode.hpp measures that once and chooses.
+// f32 kernel's rate; mla_decode.hpp chooses it where bf16_dot_pays()
+// (bf16_dot.hpp).
 //
 // Heads in lanes, as the int8 kernel (mla_decode_lanes.hpp): a zmm holds 16
 // heads, so a key's score, its probability and each output channel are one
@@ -22,6 +23,7 @@
 // Needs an even row width and a rank that is a multiple of 32.
 #pragma once
 
+#include "dsv2/backend/cpu/bf16_dot.hpp"
 #include "dsv2/backend/cpu/exp16.hpp"
 #include "dsv2/backend/cpu/gemv.hpp"
 #include "dsv2/backend/cpu/mla_decode_lanes.hpp"
@@ -30,7 +32,6 @@
 #include "dsv2/core/dtype.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -44,57 +45,6 @@ inline constexpr std::int64_t kDotTile = 128;
 
 #if DSV2_X86_KERNELS
 
-#define DSV2_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-// Multiply-adds a second of 12 independent chains of `vdpbf16ps` (bf16) or
-// `vfmadd231ps` (f32), in registers, ~0.1 ms each.
-template <bool Bf16>
-DSV2_AVX512_BF16 inline double dot_rate() {
-    constexpr long steps = 20000;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (long i = 0; i < steps; ++i) {
-        if constexpr (Bf16)
-            asm volatile(".rept 4\n\t"
-                         "vdpbf16ps %%zmm16, %%zmm17, %%zmm0\n\tvdpbf16ps %%zmm16, %%zmm17, %%zmm1\n\t"
-                         "vdpbf16ps %%zmm16, %%zmm17, %%zmm2\n\tvdpbf16ps %%zmm16, %%zmm17, %%zmm3\n\t"
-                         "vdpbf16ps %%zmm16, %%zmm17, %%zmm4\n\tvdpbf16ps %%zmm16, %%zmm17, %%zmm5\n\t"
-                         "vdpbf16ps %%zmm16, %%zmm17, %%zmm6\n\tvdpbf16ps %%zmm16, %%zmm17, %%zmm7\n\t"
-                         "vdpbf16ps %%zmm16, %%zmm17, %%zmm8\n\tvdpbf16ps %%zmm16, %%zmm17, %%zmm9\n\t"
-                         "vdpbf16ps %%zmm16, %%zmm17, %%zmm10\n\tvdpbf16ps %%zmm16, %%zmm17, %%zmm11\n\t"
-                         ".endr" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
-                         "xmm9", "xmm10", "xmm11");
-        else
-            asm volatile(".rept 4\n\t"
-                         "vfmadd231ps %%zmm16, %%zmm17, %%zmm0\n\tvfmadd231ps %%zmm16, %%zmm17, %%zmm1\n\t"
-                         "vfmadd231ps %%zmm16, %%zmm17, %%zmm2\n\tvfmadd231ps %%zmm16, %%zmm17, %%zmm3\n\t"
-                         "vfmadd231ps %%zmm16, %%zmm17, %%zmm4\n\tvfmadd231ps %%zmm16, %%zmm17, %%zmm5\n\t"
-                         "vfmadd231ps %%zmm16, %%zmm17, %%zmm6\n\tvfmadd231ps %%zmm16, %%zmm17, %%zmm7\n\t"
-                         "vfmadd231ps %%zmm16, %%zmm17, %%zmm8\n\tvfmadd231ps %%zmm16, %%zmm17, %%zmm9\n\t"
-                         "vfmadd231ps %%zmm16, %%zmm17, %%zmm10\n\tvfmadd231ps %%zmm16, %%zmm17, %%zmm11\n\t"
-                         ".endr" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
-                         "xmm9", "xmm10", "xmm11");
-    }
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return s > 0 ? (Bf16 ? 32.0 : 16.0) * 48.0 * static_cast<double>(steps) / s : 0.0;
-}
-
-// Whether bf16 dot products pay here: the CPU has AVX512_BF16 and, measured
-// once (the best of three), they do at least 1.5 times the multiply-adds of
-// f32 FMAs. On CPUs that issue `vdpbf16ps` at a quarter of the FMA rate they
-// do half (docs/benchmarks.md), and the exact f32 kernel is faster.
-inline bool bf16_dot_pays() {
-    static const bool pays = [] {
-        if (!has_avx512() || !__builtin_cpu_supports("avx512bf16")) return false;
-        double bf = 0, f32 = 0;
-        for (int r = 0; r < 3; ++r) {
-            bf = std::max(bf, dot_rate<true>());
-            f32 = std::max(f32, dot_rate<false>());
-        }
-        return bf >= 1.5 * f32;
-    }();
-    return pays;
-}
-
 // The query of one block of up to 16 heads, times `scale`, as bf16 pairs
 // (w / 2, 16): word h of pair j holds lanes 2j (low half) and 2j + 1 of head h.
 DSV2_AVX512 inline void prepare_bf16_query(const float* q, std::int64_t ldq, std::int64_t nh, std::int64_t w,
@@ -102,8 +52,7 @@ DSV2_AVX512 inline void prepare_bf16_query(const float* q, std::int64_t ldq, std
     std::fill(pairs, pairs + w / 2 * kLaneHeads, 0u);
     for (std::int64_t h = 0; h < nh; ++h)
         for (std::int64_t j = 0; j < w / 2; ++j)
-            pairs[j * kLaneHeads + h] = std::uint32_t{bf16(q[h * ldq + 2 * j] * scale).bits} |
-                                        std::uint32_t{bf16(q[h * ldq + 2 * j + 1] * scale).bits} << 16;
+            pairs[j * kLaneHeads + h] = bf16_pair(q[h * ldq + 2 * j] * scale, q[h * ldq + 2 * j + 1] * scale);
 }
 
 // a_k += q · (the bf16 pair at byte `at` of row r_k, broadcast), k in [0, 8).

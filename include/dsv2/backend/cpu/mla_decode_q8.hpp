@@ -28,6 +28,9 @@ namespace cpu_detail {
 // Below this many keys per thread the q8 path does not split.
 inline constexpr std::int64_t kMinKeysPerQ8Split = 512;
 
+// Whether rows of this rank take the VNNI kernels (mla_decode_q8_vnni.hpp).
+inline bool use_q8_vnni(std::int64_t rank) { return has_avx512_vnni() && rank % 64 == 0; }
+
 // The rope lanes' product in vdpbf16ps where the CPU has it; tests turn this
 // off to check the f32 path on such CPUs too.
 inline bool q8_bf16_rope_allowed = true;
@@ -77,8 +80,7 @@ DSV2_AVX512 inline Q8Query prepare_q8_query(const float* q, std::int64_t ldq, st
         }
         for (std::int64_t d = 0; d < f.rope; ++d) rope[d * 16 + h] = qh[f.rank + d] * scale;
         for (std::int64_t j = 0; j < f.rope / 2; ++j)
-            rope_pairs[j * 16 + h] = std::uint32_t{bf16(rope[2 * j * 16 + h]).bits} |
-                                     std::uint32_t{bf16(rope[(2 * j + 1) * 16 + h]).bits} << 16;
+            rope_pairs[j * 16 + h] = bf16_pair(rope[2 * j * 16 + h], rope[(2 * j + 1) * 16 + h]);
     }
     return Q8Query{reinterpret_cast<const std::uint8_t*>(q8), offset, qscale, rope, rope_pairs};
 }
@@ -130,7 +132,7 @@ inline void mla_decode_q8(Context<cpu>& ctx,
         const float* qb = q.data + b * q.stride[0];
         float* ob = out.data + b * out.stride[0];
 #if DSV2_X86_KERNELS
-        if (has_avx512_vnni() && rank % 64 == 0) {
+        if (use_q8_vnni(rank)) {
             mla_decode_q8_seq(ctx, qb, q.stride[1], heads, f, pages.data, page, table, len, static_cast<float>(scale),
                               ob, out.stride[1]);
             continue;
@@ -148,6 +150,26 @@ inline void mla_decode_q8(Context<cpu>& ctx,
                                  return rows;
                              });
     }
+}
+
+// The arithmetic of MLA decode (mla_decode, mla_decode_q8) under this
+// context over a cache of element type T — or of 8-bit rows — whose rows are
+// w lanes, `rank` of them values: in words, for reports such as `dsv2 bench`.
+template <class T>
+const char* mla_decode_arithmetic(const Context<cpu>& ctx, bool int8_rows, std::int64_t w, std::int64_t rank) {
+    using namespace cpu_detail;
+#if DSV2_X86_KERNELS
+    if (int8_rows)
+        return use_q8_vnni(rank) ? "int8 dot products, q and P rounded to 8 bits" : "f32 over the dequantized rows";
+    if constexpr (std::is_same_v<T, bf16>) {
+        if (use_bf16_dot(ctx, w, rank)) return "bf16 dot products, q and P rounded to bf16";
+        if (has_avx512()) return "exact f32 products";
+    }
+#else
+    (void)ctx, (void)w, (void)rank;
+    if (int8_rows) return "f32 over the dequantized rows";
+#endif
+    return "exact f32 products";
 }
 
 }  // namespace dsv2

@@ -24,6 +24,7 @@
 // Needs rank a multiple of 64 (group 64 or 128).
 #pragma once
 
+#include "dsv2/backend/cpu/bf16_dot.hpp"
 #include "dsv2/backend/cpu/gemv_q8.hpp"
 #include "dsv2/backend/cpu/mla_decode_avx512.hpp"
 #include "dsv2/backend/cpu/mla_decode_lanes.hpp"
@@ -51,11 +52,6 @@ inline std::int32_t load_i32(const void* p) {
 }
 
 #define DSV2_AVX512_VNNI_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
-
-inline bool has_avx512_bf16() {
-    static const bool ok = has_avx512_vnni() && __builtin_cpu_supports("avx512bf16");
-    return ok;
-}
 
 // The query of one block of up to 16 heads, heads in lanes (mla_decode_q8.hpp
 // fills it): the int8 lanes as 32-bit words of 4 (word h of quad j holds

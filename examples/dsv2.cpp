@@ -163,9 +163,7 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
     check_backend(c);
 #ifdef DSV2_WITH_CUDA
     if (c.backend == "cuda") {
-        DSV2_CHECK(!g.exact_attention, dsv2::Unsupported,
-                   "generate --backend cuda --exact-attention: the GPU's decode kernel rounds q and P to the cache's "
-                   "16-bit type; exact attention over a bf16 cache is a cpu option");
+        dsv2_bench::check_exact_attention_backend("generate", g.exact_attention, c.backend);
         return dsv2_cuda::generate(c.model, c.dtype, g.prompt, g.tokens, g.max_new_tokens, g.sampling);
     }
 #endif
@@ -218,9 +216,7 @@ int cmd_generate(const Common& c, const GenerateArgs& g) {
 int dsv2_bench::cmd_bench_cuda(const Args& a) {
     DSV2_CHECK(a.dtype != "int8" && a.cache != "int8", dsv2::Unsupported,
                "bench --backend cuda: int8 weights and the int8 latent cache run on the cpu backend only so far");
-    DSV2_CHECK(!a.exact_attention, dsv2::Unsupported,
-               "bench --backend cuda --exact-attention: the GPU's decode kernel rounds q and P to the cache's 16-bit "
-               "type; exact attention over a bf16 cache is a cpu option");
+    dsv2_bench::check_exact_attention_backend("bench", a.exact_attention, a.backend);
 #ifdef DSV2_WITH_CUDA
     return dsv2_cuda::bench(a);
 #else
@@ -273,9 +269,7 @@ int main(int argc, char** argv) {
     gen->add_option("--top-k", g.sampling.top_k, "sample among the k best (0: all)")->capture_default_str();
     gen->add_option("--top-p", g.sampling.top_p, "nucleus mass")->capture_default_str();
     gen->add_option("--seed", g.sampling.seed, "sampling seed")->capture_default_str();
-    gen->add_flag("--exact-attention", g.exact_attention,
-                  "exact f32 products in decode attention over a bf16 cache (cpu; default: bf16 dot products where "
-                  "the CPU makes them pay, docs/usage.md)");
+    dsv2_bench::add_exact_attention(gen, g.exact_attention);
 
     auto* bench = app.add_subcommand("bench", "prefill/decode tokens per second and the memory roofline (llama-bench style)");
     dsv2_bench::Args bench_args;

@@ -41,6 +41,21 @@ struct Args {
     bool json = false, table1 = false, exact_attention = false;
 };
 
+// `--exact-attention`, which `dsv2 generate` takes too.
+inline void add_exact_attention(CLI::App* sub, bool& exact) {
+    sub->add_flag("--exact-attention", exact,
+                  "exact f32 products in decode attention over a bf16 cache (cpu; default: bf16 dot products where "
+                  "the CPU makes them pay, docs/usage.md)");
+}
+
+// The GPU's decode kernel rounds q and P to 16 bits whatever the flag says.
+inline void check_exact_attention_backend(const char* command, bool exact, const std::string& backend) {
+    DSV2_CHECK(!exact || backend == "cpu", dsv2::Unsupported,
+               "{} --backend {} --exact-attention: the GPU's decode kernel rounds q and P to the cache's 16-bit "
+               "type; exact attention over a bf16 cache is a cpu option",
+               command, backend);
+}
+
 inline void add_options(CLI::App* sub, Args& a) {
     auto* model = sub->add_option("--model", a.model, "checkpoint directory (instead of --preset)");
     sub->add_option("--preset", a.preset, "v2-lite, v2 or tiny: seeded random weights")
@@ -66,9 +81,7 @@ inline void add_options(CLI::App* sub, Args& a) {
         ->check(CLI::IsMember({"cpu", "cuda"}))
         ->capture_default_str();
     sub->add_option("--reps", a.reps, "repetitions; the median is reported")->capture_default_str();
-    sub->add_flag("--exact-attention", a.exact_attention,
-                  "exact f32 products in decode attention over a bf16 cache (cpu; default: bf16 dot products where "
-                  "the CPU makes them pay, docs/usage.md)");
+    add_exact_attention(sub, a.exact_attention);
     sub->add_flag("--json", a.json, "print one JSON object");
     sub->add_flag("--table1", a.table1, "print the paper's Table 1 at V2 and V2-Lite shapes and a 128K-token cache");
 }
